@@ -1,0 +1,1 @@
+//! Disks and images: OCI containerDisks, qcow2 overlays, cloud-init disks, the demo guest.

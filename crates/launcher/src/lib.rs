@@ -1,0 +1,1 @@
+//! The per-VM launcher: VMI spec → typed QEMU machine → argv; QMP control; consoles.
