@@ -1,1 +1,7 @@
 //! The per-VM launcher: VMI spec → typed QEMU machine → argv; QMP control; consoles.
+
+pub mod console;
+pub mod machine;
+pub mod qmp;
+pub mod render;
+pub mod vm;
