@@ -1,0 +1,107 @@
+#!/bin/sh
+# /init of the kuvirt demo guest: prints `kuvirt-guest: ...` markers on the console (ttyS0).
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mkdir -p /dev/pts /run /tmp /var/run /var/log /mnt/ci /www
+mount -t tmpfs tmpfs /run
+
+say() { echo "kuvirt-guest: $*"; }
+
+# Kernel modules, dependencies first (generated at build time from modules.dep).
+while read -r mod args; do
+    [ -n "$mod" ] && insmod "/lib/modules/$mod" $args 2>/dev/null
+done </etc/modules.order
+say booted
+
+ip link set lo up
+
+# --- cloud-init data: NoCloud (label cidata) or ConfigDrive (label config-2) ---
+json_str() { # json_str KEY FILE: value of "KEY":"value" in a one-line JSON file
+    sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1
+}
+json_keys() { # json_keys OBJECTKEY FILE: string values of the object "OBJECTKEY":{...}, one a line
+    tr -d '\n' <"$2" | sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*{\([^}]*\)}.*/\1/p" |
+        grep -o '"[^"]*"[[:space:]]*:[[:space:]]*"[^"]*"' | sed 's/^"[^"]*"[[:space:]]*:[[:space:]]*"\(.*\)"$/\1/'
+}
+try_mount() { # try_mount DEV: mounts DEV read-only on /mnt/ci
+    mount -t iso9660 -o ro "$1" /mnt/ci 2>/dev/null || mount -t vfat -o ro "$1" /mnt/ci 2>/dev/null
+}
+find_seed() {
+    for label in cidata CIDATA config-2 CONFIG-2; do
+        dev=$(findfs "LABEL=$label" 2>/dev/null) && try_mount "$dev" && return 0
+    done
+    for dev in /dev/vd? /dev/sr? /dev/sd?; do
+        [ -b "$dev" ] || continue
+        if try_mount "$dev"; then
+            [ -f /mnt/ci/meta-data ] || [ -f /mnt/ci/openstack/latest/meta_data.json ] && return 0
+            umount /mnt/ci
+        fi
+    done
+    return 1
+}
+found=0
+for attempt in 1 2 3 4 5; do
+    if find_seed; then found=1; break; fi
+    # SCSI/ATA cdroms may still be probing; disks on virtio-blk are there at once.
+    ls /sys/class/scsi_host/ 2>/dev/null | grep -q . || break
+    sleep 0.2
+done
+hostname=
+if [ "$found" = 1 ] && [ -f /mnt/ci/meta-data ]; then
+    hostname=$(json_str local-hostname /mnt/ci/meta-data)
+    [ -n "$hostname" ] || hostname=$(sed -n 's/^local-hostname:[[:space:]]*\([^[:space:]]*\).*/\1/p' /mnt/ci/meta-data | head -n 1)
+    say "hostname=$hostname"
+    if [ -f /mnt/ci/user-data ]; then
+        say "userdata-sha256=$(sha256sum /mnt/ci/user-data | cut -d' ' -f1)"
+    fi
+    json_keys public-keys /mnt/ci/meta-data | while read -r key; do say "ssh-key=$key"; done
+    say cloudinit=nocloud
+elif [ "$found" = 1 ]; then
+    md=/mnt/ci/openstack/latest/meta_data.json
+    hostname=$(json_str hostname "$md")
+    say "hostname=$hostname"
+    if [ -f /mnt/ci/openstack/latest/user_data ]; then
+        say "userdata-sha256=$(sha256sum /mnt/ci/openstack/latest/user_data | cut -d' ' -f1)"
+    fi
+    json_keys public_keys "$md" | while read -r key; do say "ssh-key=$key"; done
+    say cloudinit=configdrive
+else
+    say cloudinit=none
+fi
+[ -n "$hostname" ] || hostname=kuvirt-guest
+hostname "$hostname"
+
+# --- network: DHCP on every ethernet interface ---
+for path in /sys/class/net/*; do
+    ifc=${path##*/}
+    [ "$ifc" = lo ] && continue
+    ip link set "$ifc" up
+    udhcpc -i "$ifc" -t 5 -T 1 -n -q -s /etc/udhcpc.script >/dev/null 2>&1 ||
+        say "dhcp iface=$ifc failed"
+done
+
+if grep -q 'kuvirt.metadata=1' /proc/cmdline; then
+    md=$(wget -q -T 5 -O - http://169.254.169.254/openstack/latest/meta_data.json 2>/dev/null)
+    if [ -n "$md" ]; then
+        echo "$md" >/tmp/metadata.json
+        say "metadata-hostname=$(json_str hostname /tmp/metadata.json)"
+    else
+        say "metadata failed"
+    fi
+fi
+
+# --- services ---
+echo "kuvirt-guest $hostname" >/www/index.html
+httpd -p 80 -h /www
+acpid -c /etc/acpi -l /var/log/acpid.log
+
+say ready
+n=0
+while :; do
+    n=$((n + 1))
+    say "heartbeat $n"
+    sleep 1
+done

@@ -1,0 +1,188 @@
+//! Boots the demo guest under real QEMU (TCG) and checks what it reports on ttyS0.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use kuvirt_images::cloudinit::{self, CloudInitData};
+use kuvirt_images::demo::{self, DemoArtifacts, DemoOptions, KERNEL_CMDLINE};
+use sha2::{Digest, Sha256};
+
+const BOOT: Duration = Duration::from_secs(60);
+
+/// Builds the guest into a fresh directory for one test.
+fn build() -> (tempfile::TempDir, DemoArtifacts) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let art = demo::build(&DemoOptions::new(dir.path())).unwrap();
+    eprintln!("demo build took {:?}", started.elapsed());
+    (dir, art)
+}
+
+/// A running QEMU with its serial console collected line by line.
+struct Guest {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    qmp: PathBuf,
+}
+
+impl Guest {
+    fn start(dir: &Path, machine: &str, args: &[&str]) -> Guest {
+        let qmp = dir.join("qmp.sock");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel", "tcg", "-machine", machine, "-m", "256", "-smp", "1",
+            ])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).trim().to_string();
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Guest {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            qmp,
+        }
+    }
+
+    /// Waits for a console line containing `pat`; returns it.
+    fn expect(&mut self, pat: &str) -> String {
+        let deadline = Instant::now() + BOOT;
+        if let Some(l) = self.seen.iter().find(|l| l.contains(pat)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    eprintln!("guest| {line}");
+                    self.seen.push(line.clone());
+                    if line.contains(pat) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("timed out waiting for {pat:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("qemu exited before {pat:?}"),
+            }
+        }
+    }
+
+    /// Waits until QEMU exits by itself (its stdout closes).
+    fn expect_exit(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    eprintln!("guest| {line}");
+                    self.seen.push(line);
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("qemu did not exit"),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "qemu exit status {status}");
+    }
+
+    /// Runs QMP commands (after the greeting and `qmp_capabilities`).
+    fn qmp(&self, commands: &[&str]) {
+        let stream = UnixStream::connect(&self.qmp).expect("connect qmp");
+        stream.set_read_timeout(Some(BOOT)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("\"QMP\""), "greeting: {line}");
+        for cmd in std::iter::once(&"qmp_capabilities").chain(commands) {
+            writeln!(writer, "{{\"execute\":\"{cmd}\"}}").unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                assert!(!line.contains("\"error\""), "{cmd}: {line}");
+                if line.contains("\"return\"") {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[test]
+fn kernel_boot_gets_dhcp_lease_and_powers_off_on_acpi_button() {
+    let (dir, art) = build();
+    let started = Instant::now();
+    let kernel = art.kernel.to_string_lossy().into_owned();
+    let initrd = art.initrd.to_string_lossy().into_owned();
+    let mut g = Guest::start(
+        dir.path(),
+        "q35",
+        &[
+            "-kernel",
+            &kernel,
+            "-initrd",
+            &initrd,
+            "-append",
+            KERNEL_CMDLINE,
+            "-netdev",
+            "user,id=n0,bootfile=pxelinux.0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+    );
+    g.expect("kuvirt-guest: booted");
+    eprintln!("booted after {:?}", started.elapsed());
+    g.expect("kuvirt-guest: cloudinit=none");
+    let lease = g.expect("kuvirt-guest: dhcp iface=eth0");
+    assert!(
+        lease.contains("ip=10.0.2.15/24 gw=10.0.2.2 dns=10.0.2.3"),
+        "{lease}"
+    );
+    assert!(lease.contains("boot=pxelinux.0"), "{lease}");
+    g.expect("kuvirt-guest: ready");
+    g.expect("kuvirt-guest: heartbeat 1");
+    g.expect("kuvirt-guest: heartbeat 2");
+    eprintln!("heartbeat 2 after {:?}", started.elapsed());
+    g.qmp(&["system_powerdown"]);
+    g.expect("kuvirt-guest: poweroff");
+    g.expect_exit(Duration::from_secs(30));
+    eprintln!("powered off after {:?}", started.elapsed());
+}
