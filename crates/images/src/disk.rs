@@ -1,0 +1,274 @@
+//! Disk files through `qemu-img`: copy-on-write overlays over cached images, empty disks,
+//! image inspection, and KubeVirt hostDisks.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+/// The `qemu-img` binary used (overridable with `$KUVIRT_QEMU_IMG`).
+fn qemu_img() -> std::ffi::OsString {
+    std::env::var_os("KUVIRT_QEMU_IMG").unwrap_or_else(|| "qemu-img".into())
+}
+
+/// A disk image format as QEMU names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Raw bytes.
+    Raw,
+    /// qcow2.
+    Qcow2,
+    /// Anything else qemu-img recognised (vmdk, vdi, …).
+    Other(String),
+}
+
+impl DiskFormat {
+    /// The name for `-F`, `format=` and `driver=`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Other(s) => s,
+        }
+    }
+
+    fn from_name(name: &str) -> DiskFormat {
+        match name {
+            "raw" => DiskFormat::Raw,
+            "qcow2" => DiskFormat::Qcow2,
+            other => DiskFormat::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `qemu-img info` says about an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Its format.
+    pub format: DiskFormat,
+    /// Size the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// Bytes used on the host.
+    pub actual_size: Option<u64>,
+    /// The backing file, as recorded in the image.
+    pub backing: Option<PathBuf>,
+    /// The backing file's format, as recorded in the image.
+    pub backing_format: Option<DiskFormat>,
+}
+
+/// Errors from disk preparation.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// qemu-img could not be started.
+    #[error("run qemu-img: {0}")]
+    Spawn(io::Error),
+    /// qemu-img failed; its stderr, trimmed.
+    #[error("qemu-img {action} {path}: {stderr}")]
+    QemuImg {
+        /// What we asked for.
+        action: &'static str,
+        /// The image.
+        path: String,
+        /// What qemu-img said.
+        stderr: String,
+    },
+    /// qemu-img's JSON did not parse.
+    #[error("qemu-img info {path}: unexpected output: {detail}")]
+    BadInfo {
+        /// The image.
+        path: String,
+        /// The parse error.
+        detail: String,
+    },
+    /// A hostDisk of type Disk that does not exist.
+    #[error("host disk {0}: does not exist")]
+    Missing(String),
+    /// A hostDisk of type DiskOrCreate that does not exist and has no capacity to create it with.
+    #[error("host disk {0}: missing and no capacity given to create it")]
+    NoCapacity(String),
+    /// A hostDisk path that exists but is not a file.
+    #[error("host disk {0}: not a regular file")]
+    NotAFile(String),
+    /// A file operation.
+    #[error("{context} {path}: {source}")]
+    Io {
+        /// What we did.
+        context: &'static str,
+        /// On what.
+        path: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn run(action: &'static str, path: &Path, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, DiskError> {
+    let out = Command::new(qemu_img())
+        .args(args)
+        .output()
+        .map_err(DiskError::Spawn)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        // qemu-img prefixes its messages with "qemu-img: "; we already say who is talking
+        let stderr = stderr
+            .strip_prefix("qemu-img: ")
+            .unwrap_or(stderr)
+            .to_string();
+        Err(DiskError::QemuImg {
+            action,
+            path: shown(path),
+            stderr,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct InfoJson {
+    format: String,
+    virtual_size: u64,
+    actual_size: Option<u64>,
+    backing_filename: Option<String>,
+    full_backing_filename: Option<String>,
+    backing_filename_format: Option<String>,
+}
+
+/// `qemu-img info -U --output=json PATH` (works while QEMU has the image open).
+pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
+    let out = run(
+        "info",
+        path,
+        &[
+            "info".as_ref(),
+            "-U".as_ref(),
+            "--output=json".as_ref(),
+            path.as_os_str(),
+        ],
+    )?;
+    let info: InfoJson = serde_json::from_slice(&out).map_err(|e| DiskError::BadInfo {
+        path: shown(path),
+        detail: e.to_string(),
+    })?;
+    Ok(ImageInfo {
+        format: DiskFormat::from_name(&info.format),
+        virtual_size: info.virtual_size,
+        actual_size: info.actual_size,
+        backing: info
+            .full_backing_filename
+            .or(info.backing_filename)
+            .map(PathBuf::from),
+        backing_format: info
+            .backing_filename_format
+            .as_deref()
+            .map(DiskFormat::from_name),
+    })
+}
+
+/// Creates a qcow2 `overlay` backed by `base` (its format detected, its path made absolute), so
+/// the guest's writes land in the overlay and `base` (the cached image) is never written.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
+    let base = std::path::absolute(base).map_err(|e| DiskError::Io {
+        context: "resolve",
+        path: shown(base),
+        source: e,
+    })?;
+    let format = image_info(&base)?.format;
+    run(
+        "create",
+        overlay,
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-F".as_ref(),
+            format.as_str().as_ref(),
+            "-b".as_ref(),
+            base.as_os_str(),
+            overlay.as_os_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Creates an empty sparse qcow2 of `size_bytes` (KubeVirt's emptyDisk).
+pub fn create_empty(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
+    let size = size_bytes.to_string();
+    run(
+        "create",
+        path,
+        &[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            size.as_ref(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// KubeVirt's `hostDisk.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostDiskType {
+    /// The file must exist.
+    Disk,
+    /// The file is created (sparse, raw, of `capacity` bytes) when missing.
+    DiskOrCreate,
+}
+
+/// Checks or creates a hostDisk file and returns its format. hostDisks are raw images, as in
+/// KubeVirt (their content is the guest's, so it is never probed: a guest could write a qcow2
+/// header into it).
+pub fn prepare_host_disk(
+    path: &Path,
+    kind: HostDiskType,
+    capacity: Option<u64>,
+) -> Result<DiskFormat, DiskError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => return Ok(DiskFormat::Raw),
+        Ok(_) => return Err(DiskError::NotAFile(shown(path))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(DiskError::Io {
+                context: "stat",
+                path: shown(path),
+                source: e,
+            });
+        }
+    }
+    if kind == HostDiskType::Disk {
+        return Err(DiskError::Missing(shown(path)));
+    }
+    let capacity = capacity.ok_or_else(|| DiskError::NoCapacity(shown(path)))?;
+    let io_err = |context, source| DiskError::Io {
+        context,
+        path: shown(path),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| io_err("create directory for", e))?;
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| io_err("create", e))?;
+    file.set_len(capacity).map_err(|e| io_err("size", e))?;
+    Ok(DiskFormat::Raw)
+}
