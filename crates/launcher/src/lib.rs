@@ -1,5 +1,6 @@
 //! The per-VM launcher: VMI spec → typed QEMU machine → argv; QMP control; consoles.
 
+pub mod accel;
 pub mod console;
 pub mod machine;
 pub mod qmp;
