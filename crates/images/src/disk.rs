@@ -178,14 +178,16 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
     })
 }
 
-/// Creates a qcow2 `overlay` backed by `base` (its format detected, its path made absolute), so
+/// Creates a qcow2 `overlay` backed by `base` (its format detected, its path made canonical), so
 /// the guest's writes land in the overlay and `base` (the cached image) is never written.
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
-    let base = std::path::absolute(base).map_err(|e| DiskError::Io {
-        context: "resolve",
-        path: shown(base),
-        source: e,
-    })?;
+    let base = fs::canonicalize(base)
+        .or_else(|_| std::path::absolute(base))
+        .map_err(|e| DiskError::Io {
+            context: "resolve",
+            path: shown(base),
+            source: e,
+        })?;
     let format = image_info(&base)?.format;
     run(
         "create",
