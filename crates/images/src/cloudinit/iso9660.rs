@@ -103,7 +103,7 @@ pub fn build_at(
     term.extend_from_slice(b"CD001\x01");
     put(&mut img, (FIRST_DESCRIPTOR + 2) * SECTOR, &term);
     for (i, f) in tree.files.iter().enumerate() {
-        put(&mut img, file_lba[i] * SECTOR, &f.data);
+        put(&mut img, file_lba[i] * SECTOR, f.data);
     }
     Ok(img)
 }
@@ -605,6 +605,7 @@ impl Date {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration;

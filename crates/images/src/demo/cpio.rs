@@ -116,6 +116,7 @@ impl<W: Write> CpioWriter<W> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};

@@ -171,6 +171,7 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -102,6 +102,7 @@ impl ModuleDeps {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
