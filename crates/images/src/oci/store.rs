@@ -208,3 +208,26 @@ pub(crate) async fn blocking<T: Send + 'static>(
             source: std::io::Error::other(e.to_string()),
         })?
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn futures_can_be_spawned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let opts = PullOptions::default();
+        assert_send(&store.fetch("oci:/nonexistent", &opts));
+        let push_opts = containerdisk::PushOptions::default();
+        assert_send(&containerdisk::push(Path::new("/x"), "r/x", &push_opts));
+        assert_send(&containerdisk::build_container_disk(
+            Path::new("/x"),
+            Path::new("/y"),
+            "t",
+        ));
+    }
+}

@@ -439,6 +439,18 @@ mod tests {
     }
 
     #[test]
+    fn zstd_layer_unpacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[E::Dir("disk"), E::File("disk/z.img", b"zdata")]);
+        let z = ruzstd::encoding::compress_to_vec(
+            &tar[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        apply_layer(dir.path(), &mut &z[..], Compression::Zstd).unwrap();
+        assert_eq!(fs::read(dir.path().join("disk/z.img")).unwrap(), b"zdata");
+    }
+
+    #[test]
     fn gzip_layer_unpacks() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
