@@ -88,6 +88,14 @@ pub enum DiskError {
         /// The parse error.
         detail: String,
     },
+    /// A base image an overlay must not be put on.
+    #[error("disk image {path}: {why}")]
+    UnsafeBase {
+        /// The image.
+        path: String,
+        /// What is wrong (a backing file, a format other than raw or qcow2).
+        why: String,
+    },
     /// A hostDisk of type Disk that does not exist.
     #[error("host disk {0}: does not exist")]
     Missing(String),
@@ -179,7 +187,8 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
 }
 
 /// Creates a qcow2 `overlay` backed by `base` (its format detected, its path made canonical), so
-/// the guest's writes land in the overlay and `base` (the cached image) is never written.
+/// the guest's writes land in the overlay and `base` (the cached image) is never written. `base`
+/// must be raw or a qcow2 without a backing file, as KubeVirt requires of containerDisks.
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
     let base = fs::canonicalize(base)
         .or_else(|_| std::path::absolute(base))
@@ -188,7 +197,9 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
             path: shown(base),
             source: e,
         })?;
-    let format = image_info(&base)?.format;
+    let info = image_info(&base)?;
+    verify_base(&base, &info)?;
+    let format = info.format;
     run(
         "create",
         overlay,
@@ -205,6 +216,20 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
         ],
     )?;
     Ok(())
+}
+
+/// KubeVirt's rule for containerDisk images: raw, or qcow2 without a backing file (a backing
+/// file named inside an image could expose any host file to the guest).
+fn verify_base(path: &Path, info: &ImageInfo) -> Result<(), DiskError> {
+    let bad = |why: String| DiskError::UnsafeBase {
+        path: shown(path),
+        why,
+    };
+    match (&info.format, &info.backing) {
+        (DiskFormat::Raw, _) | (DiskFormat::Qcow2, None) => Ok(()),
+        (DiskFormat::Qcow2, Some(b)) => Err(bad(format!("has a backing file {}", b.display()))),
+        (other, _) => Err(bad(format!("unsupported format {other}"))),
+    }
 }
 
 /// Creates an empty sparse qcow2 of `size_bytes` (KubeVirt's emptyDisk).

@@ -110,6 +110,29 @@ fn overlay_errors_name_the_file() {
 }
 
 #[test]
+fn bases_with_backing_files_or_odd_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("b.qcow2");
+    create_empty(&base, MIB).unwrap();
+    let chained = dir.path().join("chained.qcow2");
+    create_overlay(&base, &chained).unwrap();
+    let err = create_overlay(&chained, &dir.path().join("o.qcow2")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "disk image {}: has a backing file {}",
+            chained.display(),
+            base.display()
+        )
+    );
+    let vmdk = dir.path().join("x.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", vmdk.to_str().unwrap(), "1M"]);
+    let err = create_overlay(&vmdk, &dir.path().join("o2.qcow2")).unwrap_err();
+    assert!(matches!(err, DiskError::UnsafeBase { .. }), "{err}");
+    assert!(!dir.path().join("o.qcow2").exists());
+}
+
+#[test]
 fn empty_disk_is_sparse_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("empty.qcow2");
