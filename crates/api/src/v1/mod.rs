@@ -1,0 +1,34 @@
+//! kubevirt.io/v1 types: VirtualMachine, VirtualMachineInstance and everything they embed.
+//!
+//! JSON names follow KubeVirt's `staging/src/kubevirt.io/api/core/v1` exactly. Every struct keeps
+//! fields it does not model in `extra`, so an object read and written back loses nothing.
+//! String enums keep unknown values in an `Other(String)` variant; validation rejects them.
+
+#[macro_use]
+mod string_enum;
+
+pub mod devices;
+pub mod domain;
+pub mod networks;
+pub mod status;
+pub mod vm;
+pub mod vmi;
+pub mod volumes;
+
+pub use devices::*;
+pub use domain::*;
+pub use networks::*;
+pub use status::*;
+pub use vm::*;
+pub use vmi::*;
+pub use volumes::*;
+
+/// API group of KubeVirt's core types.
+pub const GROUP: &str = "kubevirt.io";
+/// API version of KubeVirt's core types.
+pub const VERSION: &str = "v1";
+/// `apiVersion` value of every object in this module.
+pub const API_VERSION: &str = "kubevirt.io/v1";
+
+/// Fields of a JSON object that this crate does not model; written back unchanged.
+pub type Extra = serde_json::Map<String, serde_json::Value>;
