@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kuvirt_images::oci::layout::{self, Descriptor, Platform};
 use kuvirt_images::oci::registry::Registry;
 use kuvirt_images::oci::{
-    ImageStore, PullOptions, PullPolicy, PushOptions, build_container_disk, push,
+    ImageStore, ProgressMode, PullOptions, PullPolicy, PushOptions, build_container_disk, push,
 };
 use sha2::{Digest, Sha256};
 
@@ -450,15 +450,17 @@ async fn push_a_layout_then_pull_it() {
     let reference = format!("{}/kuvirt/fromlayout:v3", reg.host());
     let opts = PushOptions {
         source_tag: Some("v3".to_string()),
+        progress: ProgressMode::Bar,
         ..PushOptions::default()
     };
     let digest = push(&layout_dir, &reference, &opts).await.unwrap();
     assert_eq!(digest, built.manifest_digest);
     let store = ImageStore::open(&work.path().join("cache")).unwrap();
-    let pulled = store
-        .fetch(&reference, &PullOptions::default())
-        .await
-        .unwrap();
+    let bar = PullOptions {
+        progress: ProgressMode::Bar,
+        ..PullOptions::default()
+    };
+    let pulled = store.fetch(&reference, &bar).await.unwrap();
     assert_eq!(pulled.manifest_digest, digest);
     assert_eq!(
         sha256_file(&pulled.container_disk_path(None).unwrap()),
