@@ -1,1 +1,208 @@
-fn main() {}
+//! `kuvirt`: one binary for every role. This session's verbs: run, image, demo-image, ctl.
+
+mod console;
+mod manifest;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kuvirt_images::oci::{ImageStore, ProgressMode, PullOptions, PushOptions};
+use kuvirt_launcher::protocol::{Request, call};
+
+#[derive(Parser)]
+#[command(
+    name = "kuvirt",
+    version,
+    about = "KubeVirt-compatible virtual machines, light"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one VM (a VirtualMachineInstance, or a VirtualMachine's template) in the foreground,
+    /// without a control plane. SIGTERM shuts the guest down gracefully.
+    Run(run::RunArgs),
+    /// Build, push and pull containerDisk images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Build the demo/test guest from this host's Debian packages: DIR/vmlinuz, DIR/initrd.img,
+    /// DIR/disk.qcow2 and DIR/oci (an OCI layout holding the disk as a containerDisk).
+    DemoImage {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
+    Ctl {
+        /// The VM's directory (holding launcher.sock).
+        #[arg(long)]
+        vm_dir: PathBuf,
+        #[command(subcommand)]
+        request: CtlRequest,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Push a disk image (built into a containerDisk, the disk under /disk/) or an OCI layout.
+    Push {
+        /// A disk file (qcow2/raw) or an OCI layout directory.
+        source: PathBuf,
+        /// Registry reference, e.g. 127.0.0.1:5000/kuvirt/demo:latest.
+        reference: String,
+        /// Speak plain HTTP to this registry (loopback registries always are).
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+    },
+    /// Pull an image into the cache and print where its files are.
+    Pull {
+        reference: String,
+        #[arg(long)]
+        insecure_registry: Vec<String>,
+        #[arg(long, env = "KUVIRT_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlRequest {
+    Status,
+    Pause,
+    Unpause,
+    Reset,
+    SoftReboot,
+    Shutdown {
+        #[arg(long)]
+        grace_period: Option<u64>,
+    },
+    Kill,
+    Screendump {
+        path: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUVIRT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Run(args) => run::run(args).await,
+        Command::Image(ImageCommand::Push {
+            source,
+            reference,
+            insecure_registry,
+        }) => {
+            let digest = kuvirt_images::oci::push(
+                &source,
+                &reference,
+                &PushOptions {
+                    insecure_registries: insecure_registry,
+                    progress: progress_mode(),
+                    ..PushOptions::default()
+                },
+            )
+            .await?;
+            println!("{reference}@{digest}");
+            Ok(0)
+        }
+        Command::Image(ImageCommand::Pull {
+            reference,
+            insecure_registry,
+            state_dir,
+        }) => {
+            let state = run::state_dir(state_dir)?;
+            let store = ImageStore::open(&state.join("images"))?;
+            let image = store
+                .fetch(
+                    &reference,
+                    &PullOptions {
+                        insecure_registries: insecure_registry,
+                        progress: progress_mode(),
+                        ..PullOptions::default()
+                    },
+                )
+                .await?;
+            println!("{}@{}", image.reference, image.manifest_digest);
+            println!("{}", image.rootfs.display());
+            Ok(0)
+        }
+        Command::DemoImage { out } => {
+            let out2 = out.clone();
+            let art = tokio::task::spawn_blocking(move || {
+                kuvirt_images::demo::build(&kuvirt_images::demo::DemoOptions::new(out2))
+            })
+            .await
+            .context("demo image builder")??;
+            let layout = out.join("oci");
+            kuvirt_images::oci::build_container_disk(&art.disk_qcow2, &layout, "latest").await?;
+            println!("kernel  {}", art.kernel.display());
+            println!("initrd  {}", art.initrd.display());
+            println!("disk    {}", art.disk_qcow2.display());
+            println!("oci     oci:{}:latest", layout.display());
+            Ok(0)
+        }
+        Command::Ctl { vm_dir, request } => {
+            let req = match request {
+                CtlRequest::Status => Request::Status,
+                CtlRequest::Pause => Request::Pause,
+                CtlRequest::Unpause => Request::Unpause,
+                CtlRequest::Reset => Request::Reset,
+                CtlRequest::SoftReboot => Request::SoftReboot,
+                CtlRequest::Shutdown { grace_period } => Request::Shutdown {
+                    grace_period_seconds: grace_period,
+                },
+                CtlRequest::Kill => Request::Kill,
+                CtlRequest::Screendump { path } => Request::Screendump {
+                    path: std::path::absolute(&path)?,
+                },
+            };
+            let status = req == Request::Status;
+            let resp = call(&vm_dir.join("launcher.sock"), req).await?;
+            if status {
+                println!("{}", serde_json::to_string(&resp)?);
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// A progress bar on a terminal, silence otherwise.
+fn progress_mode() -> ProgressMode {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Silent
+    }
+}

@@ -148,7 +148,14 @@ pub async fn run_probe(
     std::fs::write(&image, PROBE).map_err(|e| format!("{}: {e}", image.display()))?;
     let result = async {
         let mut child = Command::new(qemu)
-            .args(["-accel", accel, "-nodefaults", "-no-user-config", "-display", "none"])
+            .args([
+                "-accel",
+                accel,
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
             .args(["-machine", "pc", "-m", "256", "-serial", "stdio"])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .arg("-drive")
@@ -249,7 +256,11 @@ mod tests {
         let c = choose(AccelMode::Tcg, missing, &fake(false), None).await;
         assert_eq!(c.unwrap().accel, Accel::Tcg);
         let e = choose(AccelMode::Kvm, missing, &fake(true), None).await;
-        assert!(e.unwrap_err().to_string().starts_with("accelerator kvm: /dev/kvm:"));
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .starts_with("accelerator kvm: /dev/kvm:")
+        );
     }
 
     #[tokio::test]
@@ -271,16 +282,27 @@ mod tests {
         std::fs::write(&dev, b"").unwrap();
         let cache = dir.path().join("accel.json");
         let bad = fake(false);
-        let c = choose(AccelMode::Auto, &dev, &bad, Some(&cache)).await.unwrap();
+        let c = choose(AccelMode::Auto, &dev, &bad, Some(&cache))
+            .await
+            .unwrap();
         assert_eq!(c.accel, Accel::Tcg);
-        assert!(c.warning.as_deref().unwrap().contains("did not run a probe guest"));
+        assert!(
+            c.warning
+                .as_deref()
+                .unwrap()
+                .contains("did not run a probe guest")
+        );
         // Cached: a second decision does not probe again.
         let good = fake(true);
-        let c2 = choose(AccelMode::Auto, &dev, &good, Some(&cache)).await.unwrap();
+        let c2 = choose(AccelMode::Auto, &dev, &good, Some(&cache))
+            .await
+            .unwrap();
         assert_eq!(c2, c);
         assert_eq!(good.calls.load(Ordering::SeqCst), 0);
         std::fs::remove_file(&cache).unwrap();
-        let c3 = choose(AccelMode::Auto, &dev, &good, Some(&cache)).await.unwrap();
+        let c3 = choose(AccelMode::Auto, &dev, &good, Some(&cache))
+            .await
+            .unwrap();
         assert_eq!(c3.accel, Accel::Kvm);
     }
 

@@ -2,7 +2,11 @@
 
 pub mod accel;
 pub mod console;
+pub mod convert;
 pub mod machine;
+pub mod prepare;
+pub mod protocol;
 pub mod qmp;
 pub mod render;
+pub mod session;
 pub mod vm;

@@ -167,7 +167,11 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -330,8 +334,7 @@ mod tests {
                     "this is not json".into(),
                     "{\"unexpected\": 1}".into(),
                     json!({"event": "STOP", "data": {}, "timestamp": {}}).to_string(),
-                    json!({"return": {"running": false, "status": "paused"}, "id": id})
-                        .to_string(),
+                    json!({"return": {"running": false, "status": "paused"}, "id": id}).to_string(),
                 ],
                 "cont" => vec![
                     json!({"error": {"class": "GenericError", "desc": "nope"}, "id": id})

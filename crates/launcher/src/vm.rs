@@ -83,6 +83,11 @@ pub enum VmError {
     Console(#[from] ConsoleError),
     #[error("vm is not running")]
     NotRunning,
+    #[error("screendump {path}: {source}")]
+    Screendump {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running VM.
@@ -94,6 +99,7 @@ pub struct Vm {
     soft_reboot: Arc<AtomicBool>,
     killed: Arc<AtomicBool>,
     pid: Option<u32>,
+    scratch: PathBuf,
 }
 
 impl Vm {
@@ -112,6 +118,9 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
+            // Its own process group: a Ctrl+C meant for the launcher must not reach QEMU; the
+            // launcher decides how the guest ends.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some((uid, gid)) = opts.run_as {
             cmd.uid(uid).gid(gid);
@@ -164,6 +173,7 @@ impl Vm {
             soft_reboot: Arc::default(),
             killed: Arc::default(),
             pid,
+            scratch: opts.log_dir.clone(),
         };
         vm.watch_events();
         vm.watch_exit(child, stderr_path);
@@ -244,10 +254,18 @@ impl Vm {
         Ok(())
     }
 
-    /// Writes a PNG of the display.
+    /// Writes a PNG of the display to `path`. QEMU writes into the VM's own directory (it may
+    /// run as another user); the launcher then moves the file.
     pub async fn screendump(&self, path: &Path) -> Result<(), VmError> {
         self.ensure_alive()?;
-        self.qmp.screendump(path).await?;
+        let tmp = self.scratch.join("screendump.png");
+        self.qmp.screendump(&tmp).await?;
+        let moved = tokio::fs::copy(&tmp, path).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        moved.map_err(|e| VmError::Screendump {
+            path: path.display().to_string(),
+            source: e,
+        })?;
         Ok(())
     }
 

@@ -1,0 +1,227 @@
+//! The launcher's control protocol: one request enum, one response enum, a version number; JSON
+//! lines over a unix socket (debuggable with `socat - UNIX-CONNECT:launcher.sock`). The handler and
+//! `kuvirt` plumbing speak it; transports only decode into these types.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::machine::Accel;
+use crate::vm::{Vm, VmState};
+
+/// Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line accepted; anything longer is garbage.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What a client may ask.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "camelCase")]
+pub enum Request {
+    Status,
+    Pause,
+    Unpause,
+    Reset,
+    SoftReboot,
+    /// ACPI power button, then kill after the grace period (the VMI's when not given).
+    #[serde(rename_all = "camelCase")]
+    Shutdown {
+        grace_period_seconds: Option<u64>,
+    },
+    Kill,
+    Screendump {
+        path: PathBuf,
+    },
+}
+
+/// A request on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum Response {
+    Ok,
+    Status {
+        #[serde(flatten)]
+        state: VmState,
+        pid: Option<u32>,
+        accel: Accel,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// A protocol failure on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("launcher socket {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("launcher: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("launcher: bad answer: {0}")]
+    Decode(String),
+    #[error("launcher: {0}")]
+    Refused(String),
+}
+
+/// What the server needs to answer.
+pub struct Served {
+    pub vm: Arc<Vm>,
+    pub accel: Accel,
+    pub grace: Duration,
+}
+
+/// Serves requests on `listener` until the task is dropped.
+pub async fn serve(listener: UnixListener, served: Arc<Served>) {
+    while let Ok((conn, _)) = listener.accept().await {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = conn.into_split();
+            let mut rd = BufReader::new(rd);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let read = (&mut rd)
+                    .take(MAX_LINE as u64 + 1)
+                    .read_line(&mut line)
+                    .await;
+                let response = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line.len() > MAX_LINE => Response::Error {
+                        message: "request too long".into(),
+                    },
+                    Ok(_) => match serde_json::from_str::<Envelope>(&line) {
+                        Err(e) => Response::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                        Ok(env) if env.version != PROTOCOL_VERSION => Response::Error {
+                            message: format!(
+                                "protocol version {} not supported (this launcher speaks {PROTOCOL_VERSION})",
+                                env.version
+                            ),
+                        },
+                        Ok(env) => handle(&served, env.request).await,
+                    },
+                };
+                let Ok(mut out) = serde_json::to_string(&response) else {
+                    break;
+                };
+                out.push('\n');
+                if wr.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+                if line.len() > MAX_LINE {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(s: &Served, req: Request) -> Response {
+    let vm = &s.vm;
+    let result = match req {
+        Request::Status => {
+            return Response::Status {
+                state: vm.state(),
+                pid: vm.pid(),
+                accel: s.accel,
+            };
+        }
+        Request::Pause => vm.pause().await,
+        Request::Unpause => vm.unpause().await,
+        Request::Reset => vm.reset().await,
+        Request::SoftReboot => vm.soft_reboot().await,
+        Request::Screendump { path } => vm.screendump(&path).await,
+        Request::Shutdown {
+            grace_period_seconds,
+        } => {
+            let grace = grace_period_seconds.map_or(s.grace, Duration::from_secs);
+            let vm = vm.clone();
+            // Answer at once; the state says when it is over.
+            tokio::spawn(async move { vm.shutdown(grace).await });
+            Ok(())
+        }
+        Request::Kill => {
+            vm.kill().await;
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Sends one request and reads its answer.
+pub async fn call(socket: &Path, request: Request) -> Result<Response, ProtocolError> {
+    let conn = UnixStream::connect(socket)
+        .await
+        .map_err(|e| ProtocolError::Connect {
+            path: socket.display().to_string(),
+            source: e,
+        })?;
+    let (rd, mut wr) = conn.into_split();
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        request,
+    };
+    let mut line = serde_json::to_string(&env).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    line.push('\n');
+    wr.write_all(line.as_bytes()).await?;
+    let mut answer = String::new();
+    BufReader::new(rd).read_line(&mut answer).await?;
+    let resp: Response =
+        serde_json::from_str(&answer).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    match resp {
+        Response::Error { message } => Err(ProtocolError::Refused(message)),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let env = Envelope {
+            version: 1,
+            request: Request::Shutdown {
+                grace_period_seconds: Some(5),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&env).unwrap(),
+            r#"{"version":1,"command":"shutdown","gracePeriodSeconds":5}"#
+        );
+        let st = Response::Status {
+            state: VmState::Running,
+            pid: Some(7),
+            accel: Accel::Tcg,
+        };
+        assert_eq!(
+            serde_json::to_string(&st).unwrap(),
+            r#"{"result":"status","state":"running","pid":7,"accel":"tcg"}"#
+        );
+        let back: Response = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+    }
+}
