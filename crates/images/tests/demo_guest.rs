@@ -166,6 +166,30 @@ fn http_get(port: u16) -> String {
     resp.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
+/// Answers one `GET /openstack/latest/meta_data.json` on 127.0.0.1 (slirp's 10.0.2.2).
+fn serve_metadata(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request = String::new();
+        reader.read_line(&mut request).unwrap();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        let mut out = stream;
+        if request.starts_with("GET /openstack/latest/meta_data.json ") {
+            let n = body.len();
+            write!(out, "HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n{body}").unwrap();
+        } else {
+            write!(out, "HTTP/1.0 404 Not Found\r\n\r\n").unwrap();
+        }
+    });
+    port
+}
+
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -177,6 +201,8 @@ fn kernel_boot_gets_dhcp_lease_and_powers_off_on_acpi_button() {
     let kernel = art.kernel.to_string_lossy().into_owned();
     let initrd = art.initrd.to_string_lossy().into_owned();
     let port = free_port();
+    let metadata = serve_metadata(r#"{"uuid":"u-1","hostname":"from-metadata"}"#);
+    let cmdline = format!("{KERNEL_CMDLINE} kuvirt.metadata_url=http://10.0.2.2:{metadata}");
     let netdev = format!("user,id=n0,bootfile=pxelinux.0,hostfwd=tcp:127.0.0.1:{port}-:80");
     let mut g = Guest::start(
         dir.path(),
@@ -187,7 +213,7 @@ fn kernel_boot_gets_dhcp_lease_and_powers_off_on_acpi_button() {
             "-initrd",
             &initrd,
             "-append",
-            KERNEL_CMDLINE,
+            &cmdline,
             "-netdev",
             &netdev,
             "-device",
@@ -203,6 +229,7 @@ fn kernel_boot_gets_dhcp_lease_and_powers_off_on_acpi_button() {
         "{lease}"
     );
     assert!(lease.contains("boot=pxelinux.0"), "{lease}");
+    g.expect("kuvirt-guest: metadata-hostname=from-metadata");
     g.expect("kuvirt-guest: ready");
     g.expect("kuvirt-guest: heartbeat 1");
     assert_eq!(http_get(port), "kuvirt-guest kuvirt-guest\n");

@@ -55,6 +55,7 @@ pub const APPLETS: &[&str] = &[
     "sha256sum",
     "sleep",
     "sync",
+    "timeout",
     "tr",
     "udhcpc",
     "umount",

@@ -83,10 +83,18 @@ for path in /sys/class/net/*; do
         say "dhcp iface=$ifc failed"
 done
 
-if grep -q 'kuvirt.metadata=1' /proc/cmdline; then
-    md=$(wget -q -T 5 -O - http://169.254.169.254/openstack/latest/meta_data.json 2>/dev/null)
-    if [ -n "$md" ]; then
-        echo "$md" >/tmp/metadata.json
+# Metadata service (OpenStack layout): kuvirt.metadata=1 uses 169.254.169.254,
+# kuvirt.metadata_url=http://HOST[:PORT] another base URL.
+md_base=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    kuvirt.metadata=1) md_base=${md_base:-http://169.254.169.254} ;;
+    kuvirt.metadata_url=*) md_base=${arg#kuvirt.metadata_url=} ;;
+    esac
+done
+if [ -n "$md_base" ]; then
+    # Not `wget -T`: it crashes Debian's busybox 1.35 wget; `timeout` bounds it instead.
+    if timeout 10 wget -q -O /tmp/metadata.json "$md_base/openstack/latest/meta_data.json" 2>/dev/null; then
         say "metadata-hostname=$(json_str hostname /tmp/metadata.json)"
     else
         say "metadata failed"
