@@ -31,7 +31,8 @@ enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Build the demo/test guest from this host's Debian packages: DIR/vmlinuz, DIR/initrd.img,
-    /// DIR/disk.qcow2 and DIR/oci (an OCI layout holding the disk as a containerDisk).
+    /// DIR/disk.qcow2 and DIR/oci, an OCI layout with the disk as a containerDisk (tag latest) and
+    /// the kernel and initrd as a kernelBoot container (tag kernel).
     DemoImage {
         #[arg(long)]
         out: PathBuf,
@@ -166,10 +167,23 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             .context("demo image builder")??;
             let layout = out.join("oci");
             kuvirt_images::oci::build_container_disk(&art.disk_qcow2, &layout, "latest").await?;
-            println!("kernel  {}", art.kernel.display());
-            println!("initrd  {}", art.initrd.display());
-            println!("disk    {}", art.disk_qcow2.display());
-            println!("oci     oci:{}:latest", layout.display());
+            kuvirt_images::oci::build_file_image(
+                &[
+                    (art.kernel.clone(), "boot/vmlinuz".into()),
+                    (art.initrd.clone(), "boot/initrd.img".into()),
+                ],
+                &layout,
+                "kernel",
+            )
+            .await?;
+            println!("kernel      {}", art.kernel.display());
+            println!("initrd      {}", art.initrd.display());
+            println!("disk        {}", art.disk_qcow2.display());
+            println!("containerDisk  oci:{}:latest", layout.display());
+            println!(
+                "kernelBoot     oci:{}:kernel (/boot/vmlinuz, /boot/initrd.img)",
+                layout.display()
+            );
             Ok(0)
         }
         Command::Ctl { vm_dir, request } => {

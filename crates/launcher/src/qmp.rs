@@ -141,11 +141,8 @@ impl Qmp {
             }),
         };
         tokio::spawn(async move {
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => dispatch(&line, &pending, &events).await,
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(line)) = lines.next_line().await {
+                dispatch(&line, &pending, &events).await;
             }
             // Dropping the senders wakes every waiting caller with `Closed`.
             pending.lock().await.clear();

@@ -163,7 +163,7 @@ fn machine_opts(m: &Machine) -> String {
 /// `-m` in MiB when exact, else in KiB rounded up (QEMU needs no finer grain).
 fn memory_size(bytes: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{}M", bytes / MIB)
     } else {
         format!("{}k", bytes.div_ceil(1024))

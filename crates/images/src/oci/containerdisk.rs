@@ -40,11 +40,34 @@ pub async fn build_container_disk(
     out_layout: &Path,
     tag: &str,
 ) -> Result<BuiltImage, ImageError> {
+    let name = disk.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(name) = name else {
+        return Err(ImageError::new(
+            format!("oci:{}:{tag}", out_layout.display()),
+            ErrorKind::NoSuchFile(disk.display().to_string()),
+        ));
+    };
+    build_file_image(
+        &[(disk.to_path_buf(), format!("disk/{name}"))],
+        out_layout,
+        tag,
+    )
+    .await
+}
+
+/// Writes an image whose single layer holds `files` (host path, path inside the image, e.g.
+/// `boot/vmlinuz`; parent directories are added) — what a kernelBoot container carries. Owned by
+/// KubeVirt's qemu user, read-only, mtime 0: the same files give the same digest.
+pub async fn build_file_image(
+    files: &[(PathBuf, String)],
+    out_layout: &Path,
+    tag: &str,
+) -> Result<BuiltImage, ImageError> {
     let shown = format!("oci:{}:{tag}", out_layout.display());
-    let disk = disk.to_path_buf();
+    let files = files.to_vec();
     let out = out_layout.to_path_buf();
     let tag_owned = tag.to_string();
-    let digest = blocking(move || build_blocking(&disk, &out, &tag_owned))
+    let digest = blocking(move || build_blocking(&files, &out, &tag_owned))
         .await
         .for_image(&shown)?;
     Ok(BuiltImage {
@@ -54,17 +77,26 @@ pub async fn build_container_disk(
     })
 }
 
-fn build_blocking(disk: &Path, out: &Path, tag: &str) -> KindResult<String> {
-    let name = disk
-        .file_name()
-        .ok_or_else(|| ErrorKind::NoSuchFile(disk.display().to_string()))?;
-    let meta = fs::metadata(disk).map_err(|e| ErrorKind::io("stat", disk, e))?;
-    if !meta.is_file() {
-        return Err(ErrorKind::NoSuchFile(disk.display().to_string()));
+fn build_blocking(files: &[(PathBuf, String)], out: &Path, tag: &str) -> KindResult<String> {
+    let mut entries = Vec::new();
+    for (src, dest) in files {
+        let meta = fs::metadata(src).map_err(|e| ErrorKind::io("stat", src, e))?;
+        if !meta.is_file() {
+            return Err(ErrorKind::NoSuchFile(src.display().to_string()));
+        }
+        let dest = dest.trim_start_matches('/');
+        if dest.is_empty()
+            || dest
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(ErrorKind::NoSuchFile(format!("/{dest}")));
+        }
+        entries.push((src.as_path(), dest, meta.len()));
     }
     let layout = Layout::create(out)?;
     let tmp = layout.temp_path();
-    let result = write_layer(disk, name, meta.len(), &tmp);
+    let result = write_layer(&entries, &tmp);
     let (layer_digest, layer_size, diff_id) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -103,41 +135,46 @@ fn build_blocking(disk: &Path, out: &Path, tag: &str) -> KindResult<String> {
     Ok(desc.digest)
 }
 
-/// Writes tar+gzip of `disk/` and `disk/NAME` to `tmp`; returns (blob digest, blob size, diff id).
-fn write_layer(
-    disk: &Path,
-    name: &std::ffi::OsStr,
-    size: u64,
-    tmp: &Path,
-) -> KindResult<(String, u64, String)> {
+/// Writes tar+gzip of the entries (host path, image path, size) and their parent directories to
+/// `tmp`; returns (blob digest, blob size, diff id).
+fn write_layer(entries: &[(&Path, &str, u64)], tmp: &Path) -> KindResult<(String, u64, String)> {
     let io = |e| ErrorKind::io("write layer", tmp, e);
     let file = fs::File::create(tmp).map_err(io)?;
     let compressed = HashingWriter::new(BufWriter::new(file));
     let gz = flate2::GzBuilder::new().write(compressed, flate2::Compression::fast());
     let mut tar = tar::Builder::new(HashingWriter::new(gz));
 
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o555);
-    dir.set_uid(QEMU_UID);
-    dir.set_gid(QEMU_UID);
-    dir.set_mtime(0);
-    dir.set_size(0);
-    tar.append_data(&mut dir, "disk/", std::io::empty())
-        .map_err(io)?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for (_, dest, _) in entries {
+        let mut parent = Path::new(dest).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_path_buf());
+            parent = p.parent();
+        }
+    }
+    for d in &dirs {
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o555);
+        dir.set_uid(QEMU_UID);
+        dir.set_gid(QEMU_UID);
+        dir.set_mtime(0);
+        dir.set_size(0);
+        tar.append_data(&mut dir, d, std::io::empty()).map_err(io)?;
+    }
 
-    let mut file_header = tar::Header::new_gnu();
-    file_header.set_entry_type(tar::EntryType::Regular);
-    file_header.set_mode(0o444);
-    file_header.set_uid(QEMU_UID);
-    file_header.set_gid(QEMU_UID);
-    file_header.set_mtime(0);
-    file_header.set_size(size);
-    let mut path = PathBuf::from("disk");
-    path.push(name);
-    let src = fs::File::open(disk).map_err(|e| ErrorKind::io("open", disk, e))?;
-    tar.append_data(&mut file_header, &path, src.take_exact(size))
-        .map_err(io)?;
+    for (src, dest, size) in entries {
+        let mut file_header = tar::Header::new_gnu();
+        file_header.set_entry_type(tar::EntryType::Regular);
+        file_header.set_mode(0o444);
+        file_header.set_uid(QEMU_UID);
+        file_header.set_gid(QEMU_UID);
+        file_header.set_mtime(0);
+        file_header.set_size(*size);
+        let file = fs::File::open(src).map_err(|e| ErrorKind::io("open", src, e))?;
+        tar.append_data(&mut file_header, dest, file.take_exact(*size))
+            .map_err(io)?;
+    }
 
     let uncompressed = tar.into_inner().map_err(io)?;
     let (gz, diff_id, _) = uncompressed.finish();

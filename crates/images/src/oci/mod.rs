@@ -15,7 +15,8 @@ pub mod unpack;
 
 pub use auth::Auth;
 pub use containerdisk::{
-    BuiltImage, PushOptions, build_container_disk, container_disk_path, image_file_path, push,
+    BuiltImage, PushOptions, build_container_disk, build_file_image, container_disk_path,
+    image_file_path, push,
 };
 pub use error::{ErrorKind, ImageError};
 pub use reference::ImageRef;

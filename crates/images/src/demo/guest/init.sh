@@ -49,10 +49,17 @@ for attempt in 1 2 3 4 5; do
     ls /sys/class/scsi_host/ 2>/dev/null | grep -q . || break
     sleep 0.2
 done
+# A #cloud-config user-data `hostname:` wins over the meta-data one, as in cloud-init.
+userdata_hostname() {
+    [ -f "$1" ] && head -n 1 "$1" | grep -q '^#cloud-config' || return 0
+    sed -n 's/^hostname:[[:space:]]*["'"'"']\{0,1\}\([^"'"'"'[:space:]]*\).*/\1/p' "$1" | head -n 1
+}
 hostname=
 if [ "$found" = 1 ] && [ -f /mnt/ci/meta-data ]; then
     hostname=$(json_str local-hostname /mnt/ci/meta-data)
     [ -n "$hostname" ] || hostname=$(sed -n 's/^local-hostname:[[:space:]]*\([^[:space:]]*\).*/\1/p' /mnt/ci/meta-data | head -n 1)
+    uh=$(userdata_hostname /mnt/ci/user-data)
+    [ -n "$uh" ] && hostname=$uh
     say "hostname=$hostname"
     if [ -f /mnt/ci/user-data ]; then
         say "userdata-sha256=$(sha256sum /mnt/ci/user-data | cut -d' ' -f1)"
@@ -62,6 +69,8 @@ if [ "$found" = 1 ] && [ -f /mnt/ci/meta-data ]; then
 elif [ "$found" = 1 ]; then
     md=/mnt/ci/openstack/latest/meta_data.json
     hostname=$(json_str hostname "$md")
+    uh=$(userdata_hostname /mnt/ci/openstack/latest/user_data)
+    [ -n "$uh" ] && hostname=$uh
     say "hostname=$hostname"
     if [ -f /mnt/ci/openstack/latest/user_data ]; then
         say "userdata-sha256=$(sha256sum /mnt/ci/openstack/latest/user_data | cut -d' ' -f1)"
@@ -104,7 +113,16 @@ fi
 # --- services ---
 echo "kuvirt-guest $hostname" >/www/index.html
 httpd -p 80 -h /www
-acpid -c /etc/acpi -l /var/log/acpid.log
+# acpid in the foreground of a background job, so we can tell when it listens: `ready` must mean
+# that a power button press now is seen.
+acpid -f -c /etc/acpi -l /var/log/acpid.log &
+acpid_pid=$!
+i=0
+while [ $i -lt 100 ]; do
+    ls -l /proc/$acpid_pid/fd 2>/dev/null | grep -q /dev/input/event && break
+    sleep 0.1
+    i=$((i + 1))
+done
 
 say ready
 n=0
