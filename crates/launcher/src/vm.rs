@@ -142,10 +142,7 @@ impl Vm {
         };
         let qmp = match qmp {
             Ok(q) => q,
-            Err(e) => {
-                let _ = child.start_kill();
-                return Err(e.into());
-            }
+            Err(e) => return Err(explain(child, &stderr_path, e.into()).await),
         };
         let console = match Console::start(
             &m.sockets.serial,
@@ -159,10 +156,7 @@ impl Vm {
         .await
         {
             Ok(c) => c,
-            Err(e) => {
-                let _ = child.start_kill();
-                return Err(e.into());
-            }
+            Err(e) => return Err(explain(child, &stderr_path, e.into()).await),
         };
         let (state_tx, state) = watch::channel(VmState::Starting);
         let vm = Vm {
@@ -391,6 +385,19 @@ impl Vm {
     }
 }
 
+/// QEMU often opens its monitor before it rejects an option and exits: when a start step fails,
+/// prefer QEMU's own words (its exit and stderr) over the QMP symptom. Kills it if still running.
+async fn explain(mut child: Child, stderr_path: &Path, err: VmError) -> VmError {
+    match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(Ok(status)) => VmError::EarlyExit(format!("{status}: {}", log_tail(stderr_path))),
+        _ => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            err
+        }
+    }
+}
+
 fn transition(state: &watch::Sender<VmState>, from: VmState, to: VmState) {
     state.send_if_modified(|s| {
         let change = *s == from;
@@ -413,7 +420,18 @@ fn note_shutdown(ev: Option<crate::qmp::QmpEvent>, cause: &mut Option<bool>) {
 /// The last few lines of QEMU's stderr, for error messages.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    // Drop `-msg timestamp=on`'s prefix: the message is what a person needs.
+    let lines: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(3)
+        .map(|l| match l.split_once("Z ") {
+            Some((ts, rest)) if ts.len() < 32 && ts.starts_with(|c: char| c.is_ascii_digit()) => {
+                rest
+            }
+            _ => l,
+        })
+        .collect();
     let tail: Vec<&str> = lines.into_iter().rev().collect();
     if tail.is_empty() {
         "no output".into()
