@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kuvirt_api::{VirtualMachineInstance, default_vmi, validate_vmi};
