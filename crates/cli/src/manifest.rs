@@ -11,8 +11,12 @@ use kuvirt_api::{
 /// Parses `text` (YAML or JSON) from `path` and returns the VMI to run.
 pub fn vmi_from_manifest(path: &Path, text: &str) -> Result<VirtualMachineInstance> {
     let shown = path.display();
-    let value: serde_json::Value =
-        serde_saphyr::from_str(text).with_context(|| format!("{shown}: not valid YAML"))?;
+    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| {
+        // The parser's message carries a source snippet after its first line: keep one line.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or_default();
+        anyhow::anyhow!("{shown}: not valid YAML: {}", first.trim_start_matches("error: "))
+    })?;
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let api_version = value
         .get("apiVersion")

@@ -14,7 +14,8 @@ use tokio::process::Command;
 use crate::machine::Accel;
 
 /// The probe guest: a boot sector (source in `probe/kvm-probe.asm`) that enters long mode, touches
-/// 128 MiB and exits QEMU through isa-debug-exit with status 67.
+/// 128 MiB and exits QEMU through isa-debug-exit with status 67. It runs with `-cpu host`, as
+/// guests would.
 const PROBE: &[u8; 512] = include_bytes!("../probe/kvm-probe.bin");
 const PROBE_EXIT: i32 = 67;
 
@@ -157,6 +158,9 @@ pub async fn run_probe(
                 "none",
             ])
             .args(["-machine", "pc", "-m", "256", "-serial", "stdio"])
+            // The CPU model guests get under KVM (host-model maps to it): some nested hosts
+            // start a trivial guest but abort on this model's MSRs.
+            .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
             .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
             .arg("-drive")
             .arg(format!(
