@@ -15,7 +15,10 @@ pub fn vmi_from_manifest(path: &Path, text: &str) -> Result<VirtualMachineInstan
         // The parser's message carries a source snippet after its first line: keep one line.
         let msg = e.to_string();
         let first = msg.lines().next().unwrap_or_default();
-        anyhow::anyhow!("{shown}: not valid YAML: {}", first.trim_start_matches("error: "))
+        anyhow::anyhow!(
+            "{shown}: not valid YAML: {}",
+            first.trim_start_matches("error: ")
+        )
     })?;
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let api_version = value

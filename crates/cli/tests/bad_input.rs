@@ -24,15 +24,26 @@ fn run_fails(manifest: &str) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "kuvirt run succeeded on bad input:\n{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "expected one line, got:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "kuvirt run succeeded on bad input:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got:\n{stderr}"
+    );
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(qemu_under(state.path()).is_empty(), "qemu left running");
     let vms = state.path().join("vms");
     if vms.exists() {
         for ns in std::fs::read_dir(&vms).unwrap().flatten() {
             for vm in std::fs::read_dir(ns.path()).unwrap().flatten() {
-                assert!(!vm.path().join("disks").exists(), "disks left in {}", vm.path().display());
+                assert!(
+                    !vm.path().join("disks").exists(),
+                    "disks left in {}",
+                    vm.path().display()
+                );
             }
         }
     }
@@ -47,7 +58,8 @@ fn vmi(volumes_and_disks: &str) -> String {
 
 #[test]
 fn malformed_yaml_names_the_file_and_position() {
-    let line = run_fails("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nspec: [unclosed\n");
+    let line =
+        run_fails("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nspec: [unclosed\n");
     assert!(line.contains("vm.yaml: not valid YAML"), "{line}");
     assert!(line.contains("line"), "no position in: {line}");
 }
@@ -75,7 +87,10 @@ fn missing_local_image_names_the_reference() {
     let line = run_fails(&vmi(
         "    devices:\n      disks:\n      - name: root\n        disk: {}\n  volumes:\n  - name: root\n    containerDisk:\n      image: oci:/nonexistent/layout\n",
     ));
-    assert!(line.contains("spec.volumes[0].containerDisk.image"), "{line}");
+    assert!(
+        line.contains("spec.volumes[0].containerDisk.image"),
+        "{line}"
+    );
     assert!(line.contains("oci:/nonexistent/layout"), "{line}");
 }
 
@@ -99,14 +114,20 @@ fn unreachable_registry_fails_fast_and_names_it() {
     )));
     assert!(line.contains(&image), "{line}");
     assert!(line.contains("unreachable"), "{line}");
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
 fn wrong_kind_and_api_version_are_named() {
     let line = run_fails("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n");
     assert!(line.contains("apiVersion"), "{line}");
-    let line = run_fails("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: x\n");
+    let line = run_fails(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: x\n",
+    );
     assert!(line.contains("kind"), "{line}");
 }
 
