@@ -1,0 +1,311 @@
+//! The store handle: opening, reads, writes, transactions and compaction.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::model::{Deleted, Event, Key, List, Object};
+use crate::tables::{self, HISTORY, META, META_COMPACTED, META_REVISION, OBJECTS};
+use crate::txn::Txn;
+use crate::watch::Watch;
+
+/// Commits (not events) a live watcher may fall behind before it catches up from history.
+const LIVE_BUFFER: usize = 1024;
+
+/// A handle to an open store; cheap to clone, safe to use from many tasks.
+///
+/// All methods are async and run redb on tokio's blocking pool, so they must be called inside a
+/// tokio runtime. Writes are serialised (redb has one writer); each commit is fsynced before the
+/// method returns, so an acknowledged write survives a crash.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    db: Database,
+    /// Held from the start of a write transaction until its events are broadcast, so that live
+    /// events go out in commit order and `revision` moves only under it.
+    write_lock: Mutex<()>,
+    /// The newest committed revision. Stored after the commit and before the broadcast.
+    revision: AtomicU64,
+    /// The newest compacted revision.
+    compacted: AtomicU64,
+    /// Every commit's events, in commit order.
+    pub(crate) live: broadcast::Sender<Arc<[Event]>>,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if missing. After a crash redb repairs the file
+    /// here, which can take a while on a large store.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let db = Database::create(path.as_ref())?;
+        let wtx = db.begin_write()?;
+        let (revision, compacted) = {
+            wtx.open_table(OBJECTS)?;
+            wtx.open_table(HISTORY)?;
+            let meta = wtx.open_table(META)?;
+            (
+                tables::meta_get(&meta, META_REVISION)?,
+                tables::meta_get(&meta, META_COMPACTED)?,
+            )
+        };
+        wtx.commit()?;
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                write_lock: Mutex::new(()),
+                revision: AtomicU64::new(revision),
+                compacted: AtomicU64::new(compacted),
+                live,
+            }),
+        })
+    }
+
+    /// The newest committed revision (0 for an empty store).
+    pub fn current_revision(&self) -> u64 {
+        self.inner.revision()
+    }
+
+    /// The newest compacted revision: watches must start at or after it.
+    pub fn compacted_revision(&self) -> u64 {
+        self.inner.compacted.load(Ordering::SeqCst)
+    }
+
+    /// The object at `key` and the revision of its last write.
+    pub async fn get(&self, key: &Key) -> Result<Option<Object>> {
+        let key = key.clone();
+        self.blocking(move |inner| {
+            let rtx = inner.db.begin_read()?;
+            tables::get_object(&rtx.open_table(OBJECTS)?, &key)
+        })
+        .await
+    }
+
+    /// Objects of `resource`, in one namespace (`Some("")`: cluster-scoped) or all (`None`),
+    /// in key order, starting after `continue_after`, at most `limit` of them (0: all).
+    ///
+    /// The page is read from one snapshot and [`List::revision`] is the store's revision there.
+    /// Later pages are read from their own, newer snapshots.
+    pub async fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        continue_after: Option<&Key>,
+        limit: usize,
+    ) -> Result<List> {
+        let resource = resource.to_owned();
+        let namespace = namespace.map(str::to_owned);
+        let after = continue_after.cloned();
+        self.blocking(move |inner| {
+            let rtx = inner.db.begin_read()?;
+            let revision = tables::meta_get(&rtx.open_table(META)?, META_REVISION)?;
+            let (items, more) = tables::list_objects(
+                &rtx.open_table(OBJECTS)?,
+                &resource,
+                namespace.as_deref(),
+                after.as_ref(),
+                limit,
+            )?;
+            Ok(List {
+                items,
+                revision,
+                more,
+            })
+        })
+        .await
+    }
+
+    /// Stores a new object; `value` gets the write's revision and returns the bytes to store.
+    /// Fails with [`Error::AlreadyExists`] if the key holds an object.
+    pub async fn create(
+        &self,
+        key: &Key,
+        value: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
+    ) -> Result<u64> {
+        let key = key.clone();
+        self.txn(move |tx| tx.create(&key, value)).await
+    }
+
+    /// Replaces an object. With `expected` set, only if its revision is that one, else
+    /// [`Error::Conflict`] with the current revision. `value` gets the write's revision.
+    pub async fn update(
+        &self,
+        key: &Key,
+        expected: Option<u64>,
+        value: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
+    ) -> Result<u64> {
+        let key = key.clone();
+        self.txn(move |tx| tx.update(&key, expected, value)).await
+    }
+
+    /// Removes an object (with `expected`, only at that revision); watchers get the last bytes.
+    pub async fn delete(&self, key: &Key, expected: Option<u64>) -> Result<Deleted> {
+        let key = key.clone();
+        self.txn(move |tx| tx.delete(&key, expected)).await
+    }
+
+    /// Like [`Store::delete`], with the DELETED event's bytes made by
+    /// `tombstone(revision, last_bytes)`.
+    pub async fn delete_with(
+        &self,
+        key: &Key,
+        expected: Option<u64>,
+        tombstone: impl FnOnce(u64, &[u8]) -> Vec<u8> + Send + 'static,
+    ) -> Result<Deleted> {
+        let key = key.clone();
+        self.txn(move |tx| tx.delete_with(&key, expected, tombstone))
+            .await
+    }
+
+    /// Runs `f` in one write transaction and commits its writes together (one fsync), or none
+    /// of them if `f` returns `Err`. `f` runs on the blocking pool while holding the write lock:
+    /// keep it short and do no async work in it.
+    pub async fn txn<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        self.blocking(move |inner| inner.write(f)).await
+    }
+
+    /// Events of `resource` (in `namespace` if given) with revisions after `from`: first those in
+    /// history, then live ones, with no gap and no repeat between the two.
+    ///
+    /// Fails with [`Error::Gone`] if history at `from` + 1 has been compacted away.
+    pub async fn watch(&self, resource: &str, namespace: Option<&str>, from: u64) -> Result<Watch> {
+        Watch::start(self.clone(), resource, namespace, from)
+    }
+
+    /// Deletes history at and below `keep_after` (capped at the current revision) and returns
+    /// the compacted revision. Current objects are never touched.
+    pub async fn compact(&self, keep_after: u64) -> Result<u64> {
+        self.blocking(move |inner| inner.compact(keep_after)).await
+    }
+
+    /// Runs `f` on tokio's blocking pool; a panic in it resumes in the caller.
+    pub(crate) async fn blocking<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Inner) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Closed.into()),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        // a panic while holding the lock leaves nothing half-done (redb aborts the transaction)
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let wtx = self.db.begin_write().map_err(Error::from)?;
+        let mut tx = Txn::new(&wtx, self.revision()).map_err(E::from)?;
+        let out = f(&mut tx);
+        let finished = tx.finish();
+        let (out, events, revision) = match (out, finished) {
+            (Ok(out), Ok((events, revision))) => (out, events, revision),
+            (Err(e), _) => {
+                wtx.abort().map_err(Error::from)?;
+                return Err(e);
+            }
+            (Ok(_), Err(e)) => {
+                wtx.abort().map_err(Error::from)?;
+                return Err(e.into());
+            }
+        };
+        if events.is_empty() {
+            wtx.abort().map_err(Error::from)?;
+            return Ok(out);
+        }
+        {
+            let mut meta = wtx.open_table(META).map_err(Error::from)?;
+            meta.insert(META_REVISION, revision).map_err(Error::from)?;
+        }
+        wtx.commit().map_err(Error::from)?;
+        self.revision.store(revision, Ordering::SeqCst);
+        // no receivers is fine: nobody is watching
+        let _ = self.live.send(events.into());
+        Ok(out)
+    }
+
+    fn compact(&self, keep_after: u64) -> Result<u64> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let target = keep_after.min(self.revision());
+        let wtx = self.db.begin_write()?;
+        let compacted = {
+            let mut meta = wtx.open_table(META)?;
+            let old = tables::meta_get(&meta, META_COMPACTED)?;
+            if target <= old {
+                drop(meta);
+                wtx.abort()?;
+                return Ok(old);
+            }
+            let mut history = wtx.open_table(HISTORY)?;
+            history.retain_in(..=target, |_, _| false)?;
+            meta.insert(META_COMPACTED, target)?;
+            target
+        };
+        wtx.commit()?;
+        self.compacted.store(compacted, Ordering::SeqCst);
+        Ok(compacted)
+    }
+}
+
+/// Reads the compacted revision and up to `max_scan` history rows after `after`, up to `until`,
+/// keeping those `keep` accepts. Returns the kept events and the last revision scanned.
+pub(crate) fn read_history(
+    inner: &Inner,
+    after: u64,
+    until: u64,
+    max_scan: usize,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<(Vec<Event>, u64)> {
+    let rtx = inner.db().begin_read()?;
+    let compacted = tables::meta_get(&rtx.open_table(META)?, META_COMPACTED)?;
+    if compacted > after {
+        return Err(Error::Gone {
+            requested: after,
+            compacted,
+        });
+    }
+    let history = rtx.open_table(HISTORY)?;
+    let mut events = Vec::new();
+    let mut rows = history.range((after + 1)..=until)?;
+    let mut scanned_to = after;
+    for _ in 0..max_scan {
+        let Some(row) = rows.next() else {
+            return Ok((events, until));
+        };
+        let (rev, v) = row?;
+        let rev = rev.value();
+        let v = v.value();
+        if keep(v.1, v.2) {
+            events.push(tables::decode_event(rev, v)?);
+        }
+        scanned_to = rev;
+    }
+    Ok((events, scanned_to))
+}
