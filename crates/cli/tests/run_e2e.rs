@@ -147,9 +147,11 @@ spec:
     );
 }
 
-/// kernelBoot from a container image in a local OCI layout, cloud-init over NoCloud.
+/// kernelBoot from a container image in a local OCI layout, cloud-init over NoCloud; a soft
+/// reboot goes through the guest (ACPI power button, then a reset instead of an exit) and a reset
+/// restarts it at once; both keep the same QEMU.
 #[test]
-fn kernel_boot_from_a_local_oci_layout() {
+fn kernel_boot_from_a_local_oci_layout_soft_reboot_and_reset() {
     let guest = demo_guest();
     let state = state_dir();
     let manifest = write(
@@ -200,8 +202,21 @@ spec:
     run.wait_for("kuvirt-guest: dhcp iface=eth0 ip=10.0.2.15/24", BOOT);
     // `ready` comes once acpid listens for the power button.
     run.wait_for("kuvirt-guest: ready", BOOT);
+    let pid = run.ctl(&["status"]);
+
+    run.ctl(&["soft-reboot"]);
+    run.wait_for("kuvirt-guest: poweroff", BOOT);
+    run.wait_for_count("kuvirt-guest: booted", 2, BOOT);
+    run.wait_for_count("kuvirt-guest: ready", 2, BOOT);
+    assert!(run.ctl(&["status"]).contains("\"state\":\"running\""));
+
+    run.ctl(&["reset"]);
+    run.wait_for_count("kuvirt-guest: booted", 3, BOOT);
+    run.wait_for_count("kuvirt-guest: ready", 3, BOOT);
+    assert_eq!(run.ctl(&["status"]), pid, "a different QEMU after reboots");
+
     run.signal(Signal::SIGINT);
-    run.wait_for("kuvirt-guest: poweroff", Duration::from_secs(30));
+    run.wait_for_count("kuvirt-guest: poweroff", 2, Duration::from_secs(30));
     assert!(run.wait_exit(Duration::from_secs(30)).success());
 }
 

@@ -205,6 +205,27 @@ impl Run {
         }
     }
 
+    /// Waits until `count` console lines start with `prefix`.
+    pub fn wait_for_count(&self, prefix: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self
+                .lines()
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .count();
+            if seen >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "saw {seen} of {count} console lines {prefix:?} within {within:?}; console:\n{}",
+                self.lines().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The highest heartbeat counter seen so far.
     pub fn last_heartbeat(&self) -> u64 {
         self.lines()
