@@ -43,6 +43,11 @@ impl Store {
     /// Opens the store at `path`, creating it if missing. After a crash redb repairs the file
     /// here, which can take a while on a large store.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, LIVE_BUFFER)
+    }
+
+    /// [`Store::open`] with a live buffer of `live_buffer` commits per watcher.
+    pub(crate) fn open_with(path: impl AsRef<Path>, live_buffer: usize) -> Result<Store> {
         let db = Database::create(path.as_ref())?;
         let wtx = db.begin_write()?;
         let (revision, compacted) = {
@@ -55,7 +60,7 @@ impl Store {
             )
         };
         wtx.commit()?;
-        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let (live, _) = broadcast::channel(live_buffer);
         Ok(Store {
             inner: Arc::new(Inner {
                 db,

@@ -46,6 +46,17 @@ impl Watch {
     ) -> Result<Watch> {
         // subscribe before reading the revision: see the module docs
         let live = store.inner.live.subscribe();
+        Self::with_receiver(store, live, resource, namespace, from)
+    }
+
+    /// The second half of [`Watch::start`], once subscribed.
+    fn with_receiver(
+        store: Store,
+        live: broadcast::Receiver<Arc<[Event]>>,
+        resource: &str,
+        namespace: Option<&str>,
+        from: u64,
+    ) -> Result<Watch> {
         let replay_to = store.inner.revision();
         let compacted = store.compacted_revision();
         if compacted > from {
@@ -139,4 +150,90 @@ impl Watch {
 
 fn matches(resource: &str, namespace: Option<&str>, key: &Key) -> bool {
     key.resource == resource && namespace.is_none_or(|ns| ns == key.namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::error::Error;
+
+    fn open(live_buffer: usize) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path().join("s.redb"), live_buffer).unwrap();
+        (dir, store)
+    }
+
+    async fn next(w: &mut Watch) -> Event {
+        tokio::time::timeout(Duration::from_secs(20), w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The write lands after the subscription and before the revision is read: it is both in
+    /// history and in the live buffer, and must come out once.
+    #[tokio::test]
+    async fn write_between_subscribe_and_revision_read_comes_once() {
+        let (_dir, store) = open(16);
+        let key = Key::new("/pods", "ns", "p");
+        store.create(&key, |_| Vec::new()).await.unwrap();
+        let live = store.inner.live.subscribe();
+        store.update(&key, None, |_| Vec::new()).await.unwrap();
+        let mut watch = Watch::with_receiver(store.clone(), live, "/pods", None, 0).unwrap();
+        store.update(&key, None, |_| Vec::new()).await.unwrap();
+        assert_eq!(next(&mut watch).await.revision, 1);
+        assert_eq!(next(&mut watch).await.revision, 2);
+        assert_eq!(next(&mut watch).await.revision, 3);
+        store.delete(&key, None).await.unwrap();
+        assert_eq!(next(&mut watch).await.revision, 4);
+        assert_eq!(watch.revision(), 4);
+    }
+
+    /// A watcher that does not read while many commits happen loses live events and gets them
+    /// back from history.
+    #[tokio::test]
+    async fn lagging_watcher_catches_up_from_history() {
+        let (_dir, store) = open(4);
+        let mut watch = store.watch("/pods", Some("ns"), 0).await.unwrap();
+        for i in 0..100 {
+            let ns = if i % 2 == 0 { "ns" } else { "other" };
+            store
+                .create(&Key::new("/pods", ns, format!("p{i}")), |_| Vec::new())
+                .await
+                .unwrap();
+        }
+        for i in (0..100).step_by(2) {
+            let e = next(&mut watch).await;
+            assert_eq!(e.revision, i + 1);
+            assert_eq!(e.key.name, format!("p{i}"));
+        }
+        // and live afterwards
+        store
+            .create(&Key::new("/pods", "ns", "last"), |_| Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(next(&mut watch).await.revision, 101);
+    }
+
+    /// A lagging watcher whose missing range was compacted ends with `Gone`.
+    #[tokio::test]
+    async fn lag_past_compaction_is_gone() {
+        let (_dir, store) = open(2);
+        let mut watch = store.watch("/pods", None, 0).await.unwrap();
+        for i in 0..10 {
+            store
+                .create(&Key::new("/pods", "ns", format!("p{i}")), |_| Vec::new())
+                .await
+                .unwrap();
+        }
+        store.compact(5).await.unwrap();
+        match watch.next().await {
+            Some(Err(Error::Gone { compacted: 5, .. })) => {}
+            other => panic!("expected gone, got {other:?}"),
+        }
+        assert!(watch.next().await.is_none());
+    }
 }
