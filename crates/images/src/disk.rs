@@ -2,7 +2,7 @@
 //! image inspection, and KubeVirt hostDisks.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -153,10 +153,27 @@ struct InfoJson {
     backing_filename: Option<String>,
     full_backing_filename: Option<String>,
     backing_filename_format: Option<String>,
+    format_specific: Option<FormatSpecific>,
+}
+
+#[derive(Deserialize)]
+struct FormatSpecific {
+    data: Option<FormatData>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct FormatData {
+    data_file: Option<String>,
 }
 
 /// `qemu-img info -U --output=json PATH` (works while QEMU has the image open).
 pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
+    info_json(path).map(|(info, _)| info)
+}
+
+/// [`image_info`] and the qcow2 external data file qemu-img reports, if any.
+fn info_json(path: &Path) -> Result<(ImageInfo, Option<String>), DiskError> {
     let out = run(
         "info",
         path,
@@ -171,7 +188,11 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
         path: shown(path),
         detail: e.to_string(),
     })?;
-    Ok(ImageInfo {
+    let data_file = info
+        .format_specific
+        .and_then(|f| f.data)
+        .and_then(|d| d.data_file);
+    let info = ImageInfo {
         format: DiskFormat::from_name(&info.format),
         virtual_size: info.virtual_size,
         actual_size: info.actual_size,
@@ -183,7 +204,8 @@ pub fn image_info(path: &Path) -> Result<ImageInfo, DiskError> {
             .backing_filename_format
             .as_deref()
             .map(DiskFormat::from_name),
-    })
+    };
+    Ok((info, data_file))
 }
 
 /// Creates a qcow2 `overlay` backed by `base` (its format detected, its path made canonical), so
@@ -197,8 +219,10 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
             path: shown(base),
             source: e,
         })?;
-    let info = image_info(&base)?;
-    verify_base(&base, &info)?;
+    // qemu-img opens a qcow2's external data file, wherever it points: look before it does
+    check_qcow2_header(&base)?;
+    let (info, data_file) = info_json(&base)?;
+    verify_base(&base, &info, data_file.as_deref())?;
     let format = info.format;
     run(
         "create",
@@ -218,13 +242,62 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// KubeVirt's rule for containerDisk images: raw, or qcow2 without a backing file (a backing
-/// file named inside an image could expose any host file to the guest).
-fn verify_base(path: &Path, info: &ImageInfo) -> Result<(), DiskError> {
-    let bad = |why: String| DiskError::UnsafeBase {
+/// qcow2's magic, `QFI\xfb`.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// Bit of the qcow2 v3 `incompatible_features` field (header offset 72) saying guest data lives
+/// in an external data file.
+const QCOW2_EXTERNAL_DATA_FILE: u64 = 1 << 2;
+
+/// Refuses a qcow2 whose header asks for an external data file, read from the file itself so
+/// that qemu-img never gets to open that data file (cf. CVE-2024-4467). Files that are not
+/// qcow2 pass.
+fn check_qcow2_header(path: &Path) -> Result<(), DiskError> {
+    let io_err = |e| DiskError::Io {
+        context: "read header of",
+        path: shown(path),
+        source: e,
+    };
+    // a file we cannot open is left for qemu-img to report, in its words
+    let Ok(file) = fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut header = Vec::with_capacity(80);
+    file.take(80).read_to_end(&mut header).map_err(io_err)?;
+    if header.get(..4) != Some(&QCOW2_MAGIC[..]) {
+        return Ok(());
+    }
+    let version = be_u64(&header, 4, 4);
+    if version.is_some_and(|v| v < 3) {
+        return Ok(()); // version 2 has no feature bits
+    }
+    match be_u64(&header, 72, 8) {
+        Some(features) if features & QCOW2_EXTERNAL_DATA_FILE == 0 => Ok(()),
+        Some(_) => Err(unsafe_base(path, "qcow2 has an external data file".into())),
+        None => Err(unsafe_base(path, "qcow2 header is truncated".into())),
+    }
+}
+
+/// The big-endian number in `len` bytes at `at`, if the buffer holds them.
+fn be_u64(buf: &[u8], at: usize, len: usize) -> Option<u64> {
+    let bytes = buf.get(at..at + len)?;
+    Some(bytes.iter().fold(0, |n, b| (n << 8) | u64::from(*b)))
+}
+
+fn unsafe_base(path: &Path, why: String) -> DiskError {
+    DiskError::UnsafeBase {
         path: shown(path),
         why,
-    };
+    }
+}
+
+/// KubeVirt's rule for containerDisk images: raw, or qcow2 without a backing file (a backing
+/// file named inside an image could expose any host file to the guest), and without an external
+/// data file (for the same reason).
+fn verify_base(path: &Path, info: &ImageInfo, data_file: Option<&str>) -> Result<(), DiskError> {
+    let bad = |why: String| unsafe_base(path, why);
+    if let Some(d) = data_file {
+        return Err(bad(format!("qcow2 has an external data file {d}")));
+    }
     match (&info.format, &info.backing) {
         (DiskFormat::Raw, _) | (DiskFormat::Qcow2, None) => Ok(()),
         (DiskFormat::Qcow2, Some(b)) => Err(bad(format!("has a backing file {}", b.display()))),

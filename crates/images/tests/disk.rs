@@ -231,3 +231,53 @@ fn host_disks() {
     let err = prepare_host_disk(dir.path(), HostDiskType::Disk, None).unwrap_err();
     assert!(matches!(err, DiskError::NotAFile(_)));
 }
+
+#[test]
+fn bases_with_external_data_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("host-file");
+    let evil = dir.path().join("evil.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", data.display()),
+        evil.to_str().unwrap(),
+        "1M",
+    ]);
+    let overlay = dir.path().join("o.qcow2");
+    let err = create_overlay(&evil, &overlay).unwrap_err();
+    assert!(matches!(err, DiskError::UnsafeBase { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "disk image {}: qcow2 has an external data file",
+            evil.display()
+        )
+    );
+    assert!(!overlay.exists());
+
+    // the header is read before qemu-img runs: with the data file gone, qemu-img info would
+    // fail to open it, but the refusal is ours
+    fs::remove_file(&data).unwrap();
+    let err = create_overlay(&evil, &overlay).unwrap_err();
+    assert!(matches!(err, DiskError::UnsafeBase { .. }), "{err}");
+
+    // an ordinary qcow2 v3 and a v2 still pass the header check
+    for compat in ["1.1", "0.10"] {
+        let ok = dir.path().join(format!("ok-{compat}.qcow2"));
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("compat={compat}"),
+            ok.to_str().unwrap(),
+            "1M",
+        ]);
+        create_overlay(&ok, &dir.path().join(format!("o-{compat}.qcow2"))).unwrap();
+    }
+}
