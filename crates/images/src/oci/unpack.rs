@@ -1,6 +1,8 @@
 //! Applies image layers (tar, optionally gzip or zstd compressed) onto a rootfs directory:
 //! whiteouts, and no entry may land outside the rootfs (no `..`, no absolute paths, symlinks
-//! resolved inside the rootfs).
+//! resolved inside the rootfs). Ownership is not kept (everything belongs to us), so files are
+//! made readable and directories traversable by all: QEMU, running as another user, must read a
+//! containerDisk whatever mode the image gave it. Nothing is ever writable by group or others.
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -96,7 +98,8 @@ fn apply_entry<R: Read>(
     let io_err = |what: &str, p: &Path, e| ErrorKind::io(what, p, e);
     let header = entry.header();
     let kind = header.entry_type();
-    let mode = header.mode().unwrap_or(0o644) & 0o777;
+    // no setuid/setgid/sticky bits, no write for group or others
+    let mode = header.mode().unwrap_or(0o644) & 0o755;
 
     // Whiteouts delete what lower layers put there; they never create anything.
     let name_bytes = name.as_bytes();
@@ -127,7 +130,7 @@ fn apply_entry<R: Read>(
                 }
                 Err(_) => fs::create_dir(&dest).map_err(|e| io_err("create", &dest, e))?,
             }
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
+            fs::set_permissions(&dest, fs::Permissions::from_mode(dir_mode(mode)))
                 .map_err(|e| io_err("chmod", &dest, e))?;
         }
         EntryType::Regular | EntryType::Continuous => {
@@ -139,7 +142,7 @@ fn apply_entry<R: Read>(
                 .open(&dest)
                 .map_err(|e| io_err("create", &dest, e))?;
             io::copy(entry, &mut f).map_err(|e| io_err("write", &dest, e))?;
-            f.set_permissions(fs::Permissions::from_mode(mode))
+            f.set_permissions(fs::Permissions::from_mode(file_mode(mode)))
                 .map_err(|e| io_err("chmod", &dest, e))?;
         }
         EntryType::Symlink => {
@@ -170,6 +173,17 @@ fn apply_entry<R: Read>(
     }
     this_layer.insert(dest);
     Ok(())
+}
+
+/// A directory's mode in the rootfs: ours to fill, traversable by all.
+fn dir_mode(tar_mode: u32) -> u32 {
+    tar_mode | 0o700 | 0o555
+}
+
+/// A regular file's mode in the rootfs: readable by all (the tar's owner, e.g. uid 107 for a
+/// KubeVirt containerDisk, is not kept).
+fn file_mode(tar_mode: u32) -> u32 {
+    tar_mode | 0o444
 }
 
 /// An opaque directory hides everything lower layers put in it; keep what this layer added.
@@ -460,5 +474,42 @@ mod tests {
         let gz = gz.finish().unwrap();
         apply_layer(dir.path(), &mut &gz[..], Compression::Gzip).unwrap();
         assert_eq!(fs::read(dir.path().join("disk/x.img")).unwrap(), b"data");
+    }
+
+    /// A KubeVirt-style containerDisk layer: /disk owned by 107, the disk 0400 or 0600.
+    #[test]
+    fn modes_make_files_readable_and_nothing_writable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: EntryType, mode: u32, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(107);
+            h.set_gid(107);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("disk", EntryType::Directory, 0o700, b"");
+        add("disk/disk.img", EntryType::Regular, 0o400, b"d");
+        add("disk/rw.img", EntryType::Regular, 0o600, b"r");
+        add("disk/open.img", EntryType::Regular, 0o666, b"o");
+        add("disk/tool", EntryType::Regular, 0o4750, b"t");
+        add("shut", EntryType::Directory, 0o000, b"");
+        let tar = b.into_inner().unwrap();
+        apply_layer(dir.path(), &mut &tar[..], Compression::None).unwrap();
+        let mode = |p: &str| {
+            fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("disk"), 0o755);
+        assert_eq!(mode("shut"), 0o755);
+        assert_eq!(mode("disk/disk.img"), 0o444);
+        assert_eq!(mode("disk/rw.img"), 0o644);
+        assert_eq!(mode("disk/open.img"), 0o644);
+        assert_eq!(mode("disk/tool"), 0o754);
     }
 }
