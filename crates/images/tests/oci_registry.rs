@@ -467,3 +467,103 @@ async fn push_a_layout_then_pull_it() {
         sha256_file(&disk)
     );
 }
+
+/// How the fake registry answers a blob GET.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Streams (without a length) far more than declared, until the client hangs up.
+    Endless,
+    /// Says up front that the body is longer than declared.
+    LongHeader,
+}
+
+/// A one-trick registry on 127.0.0.1: `/v2/` answers 200, any blob GET answers as `mode` says.
+/// Returns the port and the count of body bytes it managed to send.
+fn hostile_registry(mode: Hostile) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                if !path.contains("/blobs/") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    return;
+                }
+                let chunk = vec![0x5au8; 64 * 1024];
+                let head = match mode {
+                    Hostile::Endless => "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n".to_string(),
+                    Hostile::LongHeader => format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", 1u64 << 30),
+                };
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                // a cap, so that a client that never stops still ends the test (1 GiB)
+                for _ in 0..(1 << 14) {
+                    if conn.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_stop_at_the_declared_size() {
+    use kuvirt_images::oci::cache::Cache;
+    use kuvirt_images::oci::registry::progress_bar;
+    for mode in [Hostile::Endless, Hostile::LongHeader] {
+        let (port, sent) = hostile_registry(mode);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let reference = format!("127.0.0.1:{port}/evil/disk:latest");
+        let registry = Registry::new(&reference.parse().unwrap(), &Default::default(), &[]);
+        let desc = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: format!("sha256:{}", hex_sha256(&[0x5a; 1000])),
+            size: 1000,
+            platform: None,
+            annotations: None,
+        };
+        let bar = progress_bar(ProgressMode::Silent, desc.size, "evil");
+        let err = registry.download(&desc, &cache, &bar).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "registry: download {}: registry sent more than the 1000 bytes the manifest declares",
+                desc.digest
+            )
+        );
+        assert!(!cache.has_blob(&desc.digest));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // the client hung up long before the server's 1 GiB cap
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 256 << 20, "server sent {sent} bytes");
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -151,16 +151,37 @@ impl Registry {
             .pull_blob_stream(&self.reference, desc.digest.as_str())
             .await
             .map_err(map_error)?;
+        let too_long = || {
+            ErrorKind::Registry(format!(
+                "download {}: registry sent more than the {} bytes the manifest declares",
+                desc.digest, desc.size
+            ))
+        };
+        if stream.content_length.is_some_and(|n| n > desc.size) {
+            return Err(too_long());
+        }
         let mut writer = cache.blob_writer(&desc.digest)?;
         let tmp_err = |e| ErrorKind::Io {
             context: format!("write blob {}", desc.digest),
             source: e,
         };
-        while let Some(chunk) = stream.next().await {
+        // a hostile registry could send without end: nothing past the declared size is written
+        let mut received: u64 = 0;
+        while let Some(chunk) = stream.stream.next().await {
             let chunk =
                 chunk.map_err(|e| ErrorKind::Registry(format!("download {}: {e}", desc.digest)))?;
+            received = received.saturating_add(chunk.len() as u64);
+            if received > desc.size {
+                return Err(too_long());
+            }
             writer.write_all(&chunk).map_err(tmp_err)?;
             bar.inc(chunk.len() as u64);
+        }
+        if received < desc.size {
+            return Err(ErrorKind::Registry(format!(
+                "download {}: registry sent {received} of the {} bytes the manifest declares",
+                desc.digest, desc.size
+            )));
         }
         writer.commit()
     }
