@@ -1,17 +1,23 @@
 //! The content-addressed image cache: `blobs/sha256/HEX` (written through a temp file and a rename
 //! once the digest checks out), `rootfs/sha256-HEX/` (an image unpacked once, keyed by its manifest
 //! digest), `refs/` (which manifest a reference last resolved to). Concurrent writers of the same
-//! content are harmless: the first rename wins and the others drop their copy.
+//! content are harmless: the first rename wins and the others drop their copy. Whatever a pull
+//! that died left in `tmp/` is swept when the cache is next opened, once it is an hour old.
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::digest::{self, HashingReader, HashingWriter};
 use super::error::{ErrorKind, KindResult};
 use super::fsutil::{self, remove_any, unique_name};
 use super::layout::Descriptor;
 use super::unpack::{self, Compression};
+
+/// How long an untouched entry of `tmp/` may be in use by a pull in another process: blobs
+/// grow and rootfs trees fill while they are worked on, so anything older was abandoned.
+const STALE_TMP: Duration = Duration::from_secs(3600);
 
 /// An image cache directory.
 #[derive(Clone, Debug)]
@@ -26,9 +32,34 @@ impl Cache {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| ErrorKind::io("create", &dir, e))?;
         }
-        Ok(Cache {
+        let cache = Cache {
             root: root.to_path_buf(),
-        })
+        };
+        cache.sweep_tmp(STALE_TMP);
+        Ok(cache)
+    }
+
+    /// Removes entries of `tmp/` (interrupted downloads and unpacks) in which nothing was
+    /// modified for `older_than`. Failures are logged, not returned: the cache works without.
+    pub fn sweep_tmp(&self, older_than: Duration) {
+        let tmp = self.root.join("tmp");
+        let Ok(entries) = fs::read_dir(&tmp) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = newest_mtime(&path)
+                .is_some_and(|t| now.duration_since(t).is_ok_and(|age| age > older_than));
+            if stale {
+                match remove_any(&path) {
+                    Ok(()) => tracing::debug!(path = %path.display(), "removed stale temp entry"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove stale temp entry")
+                    }
+                }
+            }
+        }
     }
 
     /// The cache directory.
@@ -167,6 +198,18 @@ impl Cache {
     }
 }
 
+/// The latest modification time in a tree (symlinks not followed); None when unreadable.
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    let mut newest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).ok()? {
+            newest = newest.max(newest_mtime(&entry.ok()?.path())?);
+        }
+    }
+    Some(newest)
+}
+
 /// A blob being written into the cache; dropped without commit, it leaves nothing.
 pub struct BlobWriter {
     inner: Option<HashingWriter<BufWriter<fs::File>>>,
@@ -283,5 +326,44 @@ mod tests {
         assert!(matches!(err, ErrorKind::DigestMismatch { .. }));
         assert!(cache.rootfs(&m).is_none());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn open_sweeps_stale_temp_entries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+        let age = |p: &Path| {
+            fs::File::open(p).unwrap().set_modified(old).unwrap();
+        };
+        // an abandoned download and an abandoned unpack, wholly old
+        fs::write(tmp.join("blob.1.1.0"), b"partial").unwrap();
+        age(&tmp.join("blob.1.1.0"));
+        fs::create_dir_all(tmp.join("rootfs.1.1.1/disk")).unwrap();
+        fs::write(tmp.join("rootfs.1.1.1/disk/d.img"), b"x").unwrap();
+        for p in [
+            "rootfs.1.1.1/disk/d.img",
+            "rootfs.1.1.1/disk",
+            "rootfs.1.1.1",
+        ] {
+            age(&tmp.join(p));
+        }
+        // a download in progress, and an unpack whose directory is old but still being filled
+        fs::write(tmp.join("blob.2.2.0"), b"growing").unwrap();
+        fs::create_dir_all(tmp.join("rootfs.2.2.1/disk")).unwrap();
+        fs::write(tmp.join("rootfs.2.2.1/disk/d.img"), b"x").unwrap();
+        for p in ["rootfs.2.2.1/disk", "rootfs.2.2.1"] {
+            age(&tmp.join(p));
+        }
+
+        Cache::open(dir.path()).unwrap();
+        let mut left: Vec<_> = fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["blob.2.2.0", "rootfs.2.2.1"]);
+        assert!(tmp.join("rootfs.2.2.1/disk/d.img").is_file());
     }
 }
