@@ -67,3 +67,12 @@ pub fn restore_terminal() {
         let _ = crossterm::terminal::disable_raw_mode();
     }
 }
+
+/// Restores the terminal when dropped, whatever path the caller leaves by.
+pub struct TerminalGuard;
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}

@@ -45,6 +45,23 @@ pub fn vmi_from_manifest(path: &Path, text: &str) -> Result<VirtualMachineInstan
     if vmi.metadata.namespace.is_none() {
         vmi.metadata.namespace = Some("default".into());
     }
+    if vmi.metadata.name.as_deref().is_none_or(str::is_empty)
+        && let Some(prefix) = vmi.metadata.generate_name.clone()
+    {
+        vmi.metadata.name = Some(format!("{prefix}{}", std::process::id()));
+    }
+    // Names become directory names: only what Kubernetes allows.
+    for (field, value) in [
+        ("metadata.name", vmi.metadata.name.as_deref()),
+        ("metadata.namespace", vmi.metadata.namespace.as_deref()),
+    ] {
+        let v = value.unwrap_or_default();
+        if !kuvirt_launcher::prepare::is_dns_label(v) {
+            bail!(
+                "{shown}: {field}: {v:?} is not a DNS label (lower-case letters, digits and '-', at most 63)"
+            );
+        }
+    }
     default_vmi(&mut vmi);
     validate_vmi(&vmi).map_err(|e| anyhow::anyhow!("{shown}: {}", one_line(&e)))?;
     Ok(vmi)

@@ -12,7 +12,9 @@ use kuvirt_launcher::machine::NetBackend;
 use kuvirt_launcher::protocol::{Request, call};
 use kuvirt_launcher::session::{Session, SessionOptions, default_run_as};
 use kuvirt_launcher::vm::ExitReason;
-use tokio::signal::unix::{SignalKind, signal};
+use std::time::Duration;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::manifest::vmi_from_manifest;
 
@@ -57,6 +59,8 @@ pub fn state_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 pub async fn run(args: RunArgs) -> Result<i32> {
+    // Signals first: a Ctrl+C, SIGTERM or hang-up during start must still end in a clean stop.
+    let mut signals = Signals::new()?;
     let text =
         std::fs::read_to_string(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let vmi = vmi_from_manifest(&args.file, &text)?;
@@ -68,24 +72,24 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     let nics = user_mode_nics(&vmi)?;
     let state = state_dir(args.state_dir)?;
     let vm_dir = state.join("vms").join(&namespace).join(&name);
-    if vm_dir.join("launcher.sock").exists()
-        && call(&vm_dir.join("launcher.sock"), Request::Status)
+    let control = vm_dir.join("launcher.sock");
+    if control.exists()
+        && tokio::time::timeout(Duration::from_secs(2), call(&control, Request::Status))
             .await
-            .is_ok()
+            .is_ok_and(|r| r.is_ok())
     {
         bail!("vm {shown} is already running (see {})", vm_dir.display());
     }
-    let accel = choose(
-        mode,
-        Path::new("/dev/kvm"),
-        &QemuProbe {
-            qemu_binary: args.qemu.clone(),
-            deadline: std::time::Duration::from_secs(10),
-            work_dir: state.clone(),
-        },
-        Some(&state.join("accel.json")),
-    )
-    .await?;
+    let probe = QemuProbe {
+        qemu_binary: args.qemu.clone(),
+        deadline: Duration::from_secs(10),
+        work_dir: state.clone(),
+    };
+    let accel_cache = state.join("accel.json");
+    let accel = tokio::select! {
+        a = choose(mode, Path::new("/dev/kvm"), &probe, Some(&accel_cache)) => a?,
+        _ = signals.next() => bail!("vm {shown}: interrupted"),
+    };
     if let Some(w) = &accel.warning {
         eprintln!("warning: {w}");
     }
@@ -107,13 +111,12 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         sandbox: true,
         smbios_product: "None".into(),
     };
-    let session = match Session::start(&vmi, nics, &opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(vm_dir.join("disks"));
-            return Err(anyhow::Error::new(e).context(format!("vm {shown}")));
-        }
+    // Dropping an unfinished start kills its QEMU (kill_on_drop) and leaves nothing running.
+    let session = tokio::select! {
+        s = Session::start(&vmi, nics, &opts) => s,
+        _ = signals.next() => bail!("vm {shown}: interrupted while starting"),
     };
+    let session = session.map_err(|e| anyhow::Error::new(e).context(format!("vm {shown}")))?;
     let output = session.vm.console().subscribe();
     if !args.paused
         && let Err(e) = session.vm.unpause().await
@@ -137,30 +140,66 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         drop(output);
         None
     };
+    let _terminal = crate::console::TerminalGuard;
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let reason = tokio::select! {
         r = session.vm.wait() => r,
-        _ = term.recv() => session.vm.shutdown(session.grace).await,
-        _ = int.recv() => session.vm.shutdown(session.grace).await,
+        _ = signals.next() => {
+            // A second signal during the grace period kills at once.
+            tokio::select! {
+                r = session.vm.shutdown(session.grace) => r,
+                _ = signals.next() => session.vm.kill().await,
+            }
+        }
     };
     if let Some(c) = console {
         c.abort();
-        crate::console::restore_terminal();
     }
     session.cleanup();
     let (line, code) = match &reason {
         ExitReason::GuestShutdown => ("the guest powered off".to_string(), 0),
         ExitReason::HostShutdown => ("qemu was asked to quit".to_string(), 0),
-        ExitReason::Killed => (
-            "the guest did not power off in time and was killed".to_string(),
+        ExitReason::Killed => ("killed on request".to_string(), 1),
+        ExitReason::GracePeriodExpired => (
+            format!(
+                "the guest did not power off within {}s and was killed",
+                session_grace(&vmi)
+            ),
             1,
         ),
         ExitReason::Crashed { detail } => (format!("qemu failed: {detail}"), 1),
     };
     eprintln!("vm {shown} stopped: {line}");
     Ok(code)
+}
+
+fn session_grace(vmi: &kuvirt_api::VirtualMachineInstance) -> i64 {
+    vmi.spec.termination_grace_period_seconds.unwrap_or(30)
+}
+
+/// SIGINT, SIGTERM and SIGHUP as one stream of "stop" requests.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// Every interface on the pod network gets QEMU's user-mode stack; multus networks need the

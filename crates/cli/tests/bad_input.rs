@@ -143,3 +143,12 @@ fn a_missing_file_is_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/vm.yaml"), "{stderr}");
 }
+
+#[test]
+fn names_that_are_not_dns_labels_are_refused_before_touching_disk() {
+    let line = run_fails(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: ../../../../etc\nspec:\n  domain:\n    memory:\n      guest: 64Mi\n    devices: {}\n",
+    );
+    assert!(line.contains("metadata.name"), "{line}");
+    assert!(!Path::new("/etc/disks").exists());
+}

@@ -281,9 +281,15 @@ spec:
         )
     );
     run.wait_for("kuvirt-guest: ready", BOOT);
+    // Stopping a paused VM resumes it first, so the guest sees the power button.
+    run.ctl(&["pause"]);
     run.signal(Signal::SIGTERM);
     run.wait_for("kuvirt-guest: poweroff", Duration::from_secs(30));
-    assert!(run.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        run.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        run.stderr()
+    );
 }
 
 fn base64_encode(data: &[u8]) -> String {

@@ -57,10 +57,18 @@ pub enum AccelError {
     NoKvm(std::io::Error),
 }
 
+/// Why a probe did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeFailure {
+    pub message: String,
+    /// A timeout may be load rather than KVM: such an answer is not cached.
+    pub transient: bool,
+}
+
 /// Something that can tell whether KVM runs a guest (a real QEMU probe, or a fake in tests).
 pub trait KvmProbe {
-    /// `Ok(())` when a guest ran to completion under KVM; `Err(why)` otherwise.
-    fn probe(&self) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// `Ok(())` when a guest ran to completion under KVM.
+    fn probe(&self) -> impl std::future::Future<Output = Result<(), ProbeFailure>> + Send;
 }
 
 /// Decides for `mode`; `kvm_device` is normally /dev/kvm.
@@ -103,21 +111,28 @@ pub async fn choose(
             if let Some(choice) = cache.and_then(|c| read_cache(c, &key)) {
                 return Ok(choice);
             }
-            let choice = match probe.probe().await {
-                Ok(()) => AccelChoice {
-                    accel: Accel::Kvm,
-                    warning: None,
-                },
-                Err(why) => AccelChoice {
-                    accel: Accel::Tcg,
-                    warning: Some(format!(
-                        "{} is present but KVM did not run a probe guest ({why}); using TCG \
-                         software emulation (slow)",
-                        kvm_device.display()
-                    )),
-                },
+            let (choice, cacheable) = match probe.probe().await {
+                Ok(()) => (
+                    AccelChoice {
+                        accel: Accel::Kvm,
+                        warning: None,
+                    },
+                    true,
+                ),
+                Err(why) => (
+                    AccelChoice {
+                        accel: Accel::Tcg,
+                        warning: Some(format!(
+                            "{} is present but KVM did not run a probe guest ({}); using TCG \
+                             software emulation (slow)",
+                            kvm_device.display(),
+                            why.message
+                        )),
+                    },
+                    !why.transient,
+                ),
             };
-            if let Some(c) = cache {
+            if let Some(c) = cache.filter(|_| cacheable) {
                 write_cache(c, &key, &choice);
             }
             Ok(choice)
@@ -133,7 +148,7 @@ pub struct QemuProbe {
 }
 
 impl KvmProbe for QemuProbe {
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), ProbeFailure> {
         run_probe(&self.qemu_binary, "kvm", &self.work_dir, self.deadline).await
     }
 }
@@ -144,9 +159,13 @@ pub async fn run_probe(
     accel: &str,
     work_dir: &Path,
     deadline: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailure> {
+    let fail = |message: String| ProbeFailure {
+        message,
+        transient: false,
+    };
     let image = work_dir.join(format!("kvm-probe-{}.img", std::process::id()));
-    std::fs::write(&image, PROBE).map_err(|e| format!("{}: {e}", image.display()))?;
+    std::fs::write(&image, PROBE).map_err(|e| fail(format!("{}: {e}", image.display())))?;
     let result = async {
         let mut child = Command::new(qemu)
             .args([
@@ -165,7 +184,7 @@ pub async fn run_probe(
             .arg("-drive")
             .arg(format!(
                 "file={},format=raw,if=floppy,readonly=on",
-                image.display()
+                image.display().to_string().replace(',', ",,")
             ))
             .args(["-boot", "a"])
             .stdin(Stdio::null())
@@ -173,7 +192,7 @@ pub async fn run_probe(
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("{}: {e}", qemu.display()))?;
+            .map_err(|e| fail(format!("{}: {e}", qemu.display())))?;
         let mut out = child.stdout.take();
         let run = async {
             let mut text = String::new();
@@ -183,10 +202,15 @@ pub async fn run_probe(
             (child.wait().await, text)
         };
         match tokio::time::timeout(deadline, run).await {
-            Err(_) => Err(format!("no answer within {}s", deadline.as_secs())),
-            Ok((Err(e), _)) => Err(e.to_string()),
+            Err(_) => Err(ProbeFailure {
+                message: format!("no answer within {}s", deadline.as_secs()),
+                transient: true,
+            }),
+            Ok((Err(e), _)) => Err(fail(e.to_string())),
             Ok((Ok(status), text)) if status.code() == Some(PROBE_EXIT) && text == "RL" => Ok(()),
-            Ok((Ok(status), text)) => Err(format!("probe ended with {status}, printed {text:?}")),
+            Ok((Ok(status), text)) => {
+                Err(fail(format!("probe ended with {status}, printed {text:?}")))
+            }
         }
     }
     .await;
@@ -237,12 +261,15 @@ mod tests {
     }
 
     impl KvmProbe for Fake {
-        async fn probe(&self) -> Result<(), String> {
+        async fn probe(&self) -> Result<(), ProbeFailure> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             if self.ok {
                 Ok(())
             } else {
-                Err("no answer within 10s".into())
+                Err(ProbeFailure {
+                    message: "probe ended with signal: 6 (SIGABRT)".into(),
+                    transient: false,
+                })
             }
         }
     }

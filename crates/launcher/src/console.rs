@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 /// Where the log goes and how big it may grow before it rotates to `<log>.1`.
@@ -25,6 +25,8 @@ pub struct Console {
     output: broadcast::Sender<Arc<[u8]>>,
     input: mpsc::Sender<Vec<u8>>,
     log: LogConfig,
+    /// Becomes true when QEMU closes the serial port: clients are then hung up.
+    closed: watch::Receiver<bool>,
 }
 
 /// A console failure.
@@ -63,10 +65,12 @@ impl Console {
         let (output, _) = broadcast::channel(1024);
         let (input, mut input_rx) = mpsc::channel::<Vec<u8>>(64);
         let (mut rd, mut wr) = stream.into_split();
+        let (closed_tx, closed) = watch::channel(false);
         let console = Console {
             output: output.clone(),
             input,
             log: log.clone(),
+            closed,
         };
         let out = output.clone();
         tokio::spawn(async move {
@@ -76,18 +80,22 @@ impl Console {
                 cfg: log,
             };
             let mut buf = vec![0u8; 16 * 1024];
+            let mut warned = false;
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
-                        if let Err(e) = logger.write(&chunk).await {
+                        if let Err(e) = logger.write(&chunk).await
+                            && !std::mem::replace(&mut warned, true)
+                        {
                             tracing::warn!(error = %e, "console log write failed");
                         }
                         let _ = out.send(chunk);
                     }
                 }
             }
+            let _ = closed_tx.send(true);
         });
         tokio::spawn(async move {
             while let Some(bytes) = input_rx.recv().await {
@@ -103,9 +111,16 @@ impl Console {
                 source: e,
             })?;
             let c = console.clone();
+            let mut closed = console.closed.clone();
             tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(c.clone().serve(client));
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((client, _)) => { tokio::spawn(c.clone().serve(client)); }
+                            Err(_) => break,
+                        },
+                        _ = closed.wait_for(|c| *c) => break,
+                    }
                 }
             });
         }
@@ -127,13 +142,24 @@ impl Console {
         &self.log.path
     }
 
+    /// Resolves once QEMU has closed the serial port.
+    pub async fn closed(&self) {
+        let mut c = self.closed.clone();
+        let _ = c.wait_for(|c| *c).await;
+    }
+
     /// Relays one attached client until either side closes.
     async fn serve(self, client: UnixStream) {
         let (mut rd, mut wr) = client.into_split();
         let mut out = self.subscribe();
+        let mut closed = self.closed.clone();
         let writer = tokio::spawn(async move {
             loop {
-                match out.recv().await {
+                let next = tokio::select! {
+                    n = out.recv() => n,
+                    _ = closed.wait_for(|c| *c) => break,
+                };
+                match next {
                     Ok(chunk) => {
                         if wr.write_all(&chunk).await.is_err() {
                             break;
@@ -143,15 +169,21 @@ impl Console {
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
+            // Dropping the write half tells the client the console is gone.
         });
         let mut buf = vec![0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.send(buf[..n].to_vec()).await,
+        let reader = async {
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.send(buf[..n].to_vec()).await,
+                }
             }
+        };
+        tokio::select! {
+            _ = reader => writer.abort(),
+            _ = self.closed() => { let _ = writer.await; }
         }
-        writer.abort();
     }
 }
 
@@ -181,12 +213,17 @@ impl Logger {
         if self.written + chunk.len() as u64 > self.cfg.max_bytes && self.written > 0 {
             let mut old = self.cfg.path.clone().into_os_string();
             old.push(".1");
-            tokio::fs::rename(&self.cfg.path, &old)
-                .await
-                .map_err(|e| ConsoleError::Log {
-                    path: self.cfg.path.display().to_string(),
-                    source: e,
-                })?;
+            match tokio::fs::rename(&self.cfg.path, &old).await {
+                // Someone removed the log: just start a new one.
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ConsoleError::Log {
+                        path: self.cfg.path.display().to_string(),
+                        source: e,
+                    });
+                }
+            }
             self.file = open_log(&self.cfg.path).await?;
             self.written = 0;
         }

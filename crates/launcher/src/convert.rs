@@ -25,6 +25,9 @@ pub struct ResolvedDisk {
     /// Whether the file's filesystem supports O_DIRECT (decides the default cache mode, as in
     /// KubeVirt: `none` where it works, else `writethrough`).
     pub direct_io: bool,
+    /// kuvirt made this file for this VM, so QEMU's user may own it. Files it did not make
+    /// (existing hostDisks) are never re-owned.
+    pub owned: bool,
 }
 
 /// Everything the effects produced for this VMI.
@@ -72,6 +75,9 @@ impl HostConfig {
         })
     }
 }
+
+/// The most vCPUs a q35 machine takes in QEMU 7.2.
+pub const MAX_VCPUS: u32 = 288;
 
 /// A spec the launcher cannot turn into a machine; `field` is the path in the VMI.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,6 +137,23 @@ pub fn convert(
         cores: count(cpu.and_then(|c| c.cores)),
         threads: count(cpu.and_then(|c| c.threads)),
     };
+    // Checked here so that `Topology::vcpus` (and the multiqueue vector count) cannot overflow.
+    let vcpus = topology
+        .sockets
+        .checked_mul(topology.cores)
+        .and_then(|n| n.checked_mul(topology.threads));
+    if vcpus.is_none_or(|n| n > MAX_VCPUS) {
+        return Err(err(
+            "spec.domain.cpu",
+            format!("sockets × cores × threads must be at most {MAX_VCPUS}"),
+        ));
+    }
+    if !devices.filesystems.is_empty() {
+        return Err(err(
+            "spec.domain.devices.filesystems",
+            "virtiofs filesystems are not supported yet",
+        ));
+    }
     let cpu_model = match cpu.and_then(|c| c.model.as_deref()) {
         None | Some("") | Some(CPU_MODEL_HOST_MODEL) | Some(CPU_MODEL_HOST_PASSTHROUGH) => {
             match host.accel {
@@ -138,7 +161,19 @@ pub fn convert(
                 Accel::Tcg => "max".to_string(),
             }
         }
-        Some(model) => model.to_string(),
+        Some(model)
+            if model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
+            model.to_string()
+        }
+        Some(model) => {
+            return Err(err(
+                "spec.domain.cpu.model",
+                format!("{model:?} is not a CPU model name"),
+            ));
+        }
     };
 
     let memory = memory(vmi)?;

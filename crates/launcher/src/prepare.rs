@@ -64,9 +64,20 @@ pub async fn prepare(
 
     for (i, vol) in vmi.spec.volumes.iter().enumerate() {
         let field = format!("spec.volumes[{i}]");
+        // Volume names become file names: only DNS labels.
+        if !is_dns_label(&vol.name) {
+            return Err(err(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is not a DNS label (lower-case letters, digits and '-')",
+                    vol.name
+                ),
+            ));
+        }
         let Some(source) = vol.source() else {
             return Err(err(field, "a volume needs exactly one source"));
         };
+        let mut owned = true;
         let local = |ext: &str| disks_dir.join(format!("{}.{ext}", vol.name));
         let (path, format) = match source {
             VolumeSourceRef::ContainerDisk(cd) => {
@@ -148,6 +159,7 @@ pub async fn prepare(
                     None => None,
                 };
                 let path = PathBuf::from(&h.path);
+                owned = !path.exists();
                 let format =
                     disk::prepare_host_disk(&path, kind, capacity).map_err(|e| err(&f, e))?;
                 let format = match format {
@@ -172,6 +184,7 @@ pub async fn prepare(
                 path,
                 format,
                 direct_io,
+                owned,
             },
         );
     }
@@ -339,6 +352,16 @@ fn cloud_init_data(
     data.user_data = payload(field, "userData", p.user.0, p.user.1, p.user.2)?;
     data.network_data = payload(field, "networkData", p.network.0, p.network.1, p.network.2)?;
     Ok(data)
+}
+
+/// RFC 1123 label: what KubeVirt requires of names, and what is safe as a file name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Whether files in `dir` can be opened with O_DIRECT (tmpfs cannot, for one).

@@ -170,8 +170,17 @@ async fn handle(s: &Served, req: Request) -> Response {
     }
 }
 
-/// Sends one request and reads its answer.
+/// How long a launcher may take to answer (a shutdown answers at once and finishes later).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Sends one request and reads its answer, within [`CALL_TIMEOUT`].
 pub async fn call(socket: &Path, request: Request) -> Result<Response, ProtocolError> {
+    tokio::time::timeout(CALL_TIMEOUT, call_unbounded(socket, request))
+        .await
+        .map_err(|_| ProtocolError::Io(std::io::Error::other("no answer within 35s")))?
+}
+
+async fn call_unbounded(socket: &Path, request: Request) -> Result<Response, ProtocolError> {
     let conn = UnixStream::connect(socket)
         .await
         .map_err(|e| ProtocolError::Connect {

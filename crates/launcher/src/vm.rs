@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::console::{Console, ConsoleError, LogConfig};
@@ -37,8 +37,10 @@ pub enum VmState {
 pub enum ExitReason {
     /// The guest powered itself off (or did so after the ACPI power button).
     GuestShutdown,
-    /// The launcher ended it: grace period over, or a forced stop.
+    /// Killed on request (a forced stop).
     Killed,
+    /// Killed because the guest did not power off within its grace period.
+    GracePeriodExpired,
     /// QEMU quit on request without the guest's involvement.
     HostShutdown,
     /// QEMU died on its own.
@@ -70,6 +72,11 @@ pub struct StartOptions {
 /// A lifecycle failure.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    #[error("qemu log {path}: {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -97,9 +104,13 @@ pub struct Vm {
     state: watch::Receiver<VmState>,
     state_tx: Arc<watch::Sender<VmState>>,
     soft_reboot: Arc<AtomicBool>,
-    killed: Arc<AtomicBool>,
+    /// Why the launcher is killing QEMU, once it is (so the exit is not called a crash).
+    kill_reason: Arc<std::sync::Mutex<Option<ExitReason>>>,
+    kill_tx: mpsc::Sender<()>,
     pid: Option<u32>,
+    /// A directory QEMU may write to (its sockets' directory), for screendumps.
     scratch: PathBuf,
+    screendumps: AtomicU64,
 }
 
 impl Vm {
@@ -109,10 +120,21 @@ impl Vm {
         m.start_paused = true;
         let argv = render(&m);
         let stderr_path = opts.log_dir.join("qemu.log");
-        let stderr = std::fs::File::create(&stderr_path).map_err(|e| VmError::Spawn {
-            binary: stderr_path.display().to_string(),
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| VmError::Log {
+            path: stderr_path.display().to_string(),
             source: e,
         })?;
+        // Sockets of an earlier QEMU would let us talk to the wrong process.
+        for sock in [
+            Some(&m.sockets.qmp),
+            Some(&m.sockets.serial),
+            m.sockets.vnc.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = std::fs::remove_file(sock);
+        }
         let mut cmd = Command::new(&opts.qemu_binary);
         cmd.args(&argv)
             .stdin(Stdio::null())
@@ -159,27 +181,35 @@ impl Vm {
             Err(e) => return Err(explain(child, &stderr_path, e.into()).await),
         };
         let (state_tx, state) = watch::channel(VmState::Starting);
+        let (kill_tx, kill_rx) = mpsc::channel(1);
+        let scratch = m
+            .sockets
+            .qmp
+            .parent()
+            .map_or_else(|| opts.log_dir.clone(), Path::to_path_buf);
         let vm = Vm {
             qmp,
             console,
             state,
             state_tx: Arc::new(state_tx),
             soft_reboot: Arc::default(),
-            killed: Arc::default(),
+            kill_reason: Arc::default(),
+            kill_tx,
             pid,
-            scratch: opts.log_dir.clone(),
+            scratch,
+            screendumps: AtomicU64::new(0),
         };
         vm.watch_events();
-        vm.watch_exit(child, stderr_path);
+        vm.watch_exit(child, kill_rx, stderr_path);
         let ready = async {
             for nic in machine.nics.iter().filter(|n| !n.link_up) {
                 vm.qmp.set_link(&format!("ua-{}", nic.name), false).await?;
             }
             if opts.paused {
-                vm.state_tx.send_replace(VmState::Paused);
+                vm.set_state(VmState::Paused);
             } else {
                 vm.qmp.cont().await?;
-                vm.state_tx.send_replace(VmState::Running);
+                vm.set_state(VmState::Running);
             }
             Ok::<(), VmError>(())
         };
@@ -208,6 +238,11 @@ impl Vm {
         self.state.clone()
     }
 
+    /// Publishes a state; `Exited` is final and never replaced.
+    fn set_state(&self, to: VmState) {
+        set(&self.state_tx, to);
+    }
+
     fn ensure_alive(&self) -> Result<(), VmError> {
         match self.state() {
             VmState::Exited { .. } => Err(VmError::NotRunning),
@@ -218,14 +253,14 @@ impl Vm {
     pub async fn pause(&self) -> Result<(), VmError> {
         self.ensure_alive()?;
         self.qmp.stop().await?;
-        self.state_tx.send_replace(VmState::Paused);
+        self.set_state(VmState::Paused);
         Ok(())
     }
 
     pub async fn unpause(&self) -> Result<(), VmError> {
         self.ensure_alive()?;
         self.qmp.cont().await?;
-        self.state_tx.send_replace(VmState::Running);
+        self.set_state(VmState::Running);
         Ok(())
     }
 
@@ -240,27 +275,46 @@ impl Vm {
     /// instead of an exit (what libvirt calls an ACPI reboot).
     pub async fn soft_reboot(&self) -> Result<(), VmError> {
         self.ensure_alive()?;
-        self.qmp
-            .execute("set-action", Some(json!({ "shutdown": "pause" })))
-            .await?;
+        // The flag goes first: a guest that shuts down right after `set-action` must be reset,
+        // not left paused.
         self.soft_reboot.store(true, Ordering::SeqCst);
-        self.qmp.system_powerdown().await?;
+        let armed = async {
+            self.qmp
+                .execute("set-action", Some(json!({ "shutdown": "pause" })))
+                .await?;
+            self.qmp.system_powerdown().await
+        }
+        .await;
+        if let Err(e) = armed {
+            self.disarm_soft_reboot().await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
-    /// Writes a PNG of the display to `path`. QEMU writes into the VM's own directory (it may
-    /// run as another user); the launcher then moves the file.
+    /// Forgets a pending soft reboot: a guest shutdown from now on ends QEMU.
+    async fn disarm_soft_reboot(&self) {
+        if self.soft_reboot.swap(false, Ordering::SeqCst) {
+            let _ = self
+                .qmp
+                .execute("set-action", Some(json!({ "shutdown": "poweroff" })))
+                .await;
+        }
+    }
+
+    /// Writes a PNG of the display to `path`. QEMU writes into its own directory (it may run as
+    /// another user); the launcher then copies the file without following links.
     pub async fn screendump(&self, path: &Path) -> Result<(), VmError> {
         self.ensure_alive()?;
-        let tmp = self.scratch.join("screendump.png");
+        let n = self.screendumps.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.scratch.join(format!("screendump-{n}.png"));
         self.qmp.screendump(&tmp).await?;
-        let moved = tokio::fs::copy(&tmp, path).await;
+        let copied = copy_no_follow(&tmp, path).await;
         let _ = tokio::fs::remove_file(&tmp).await;
-        moved.map_err(|e| VmError::Screendump {
+        copied.map_err(|e| VmError::Screendump {
             path: path.display().to_string(),
             source: e,
-        })?;
-        Ok(())
+        })
     }
 
     /// Presses the ACPI power button and waits up to `grace` for the guest to power off; then
@@ -269,27 +323,36 @@ impl Vm {
         if let Some(reason) = self.exited() {
             return reason;
         }
-        self.state_tx.send_replace(VmState::ShuttingDown);
-        if self.qmp.system_powerdown().await.is_ok()
-            && let Ok(reason) = tokio::time::timeout(grace, self.wait()).await
+        let deadline = Instant::now() + grace;
+        self.disarm_soft_reboot().await;
+        // A paused guest cannot see the power button.
+        if self.state() == VmState::Paused {
+            let _ = tokio::time::timeout_at(deadline, self.qmp.cont()).await;
+        }
+        self.set_state(VmState::ShuttingDown);
+        let pressed = tokio::time::timeout_at(deadline, self.qmp.system_powerdown()).await;
+        if matches!(pressed, Ok(Ok(())))
+            && let Ok(reason) = tokio::time::timeout_at(deadline, self.wait()).await
         {
             return reason;
         }
-        self.kill().await
+        self.kill_because(ExitReason::GracePeriodExpired).await
     }
 
     /// Kills QEMU at once.
     pub async fn kill(&self) -> ExitReason {
-        if let Some(reason) = self.exited() {
-            return reason;
+        self.kill_because(ExitReason::Killed).await
+    }
+
+    async fn kill_because(&self, reason: ExitReason) -> ExitReason {
+        if let Some(done) = self.exited() {
+            return done;
         }
-        self.killed.store(true, Ordering::SeqCst);
-        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Ok(mut r) = self.kill_reason.lock() {
+            r.get_or_insert(reason);
         }
+        // The task owning the child kills it: no signal can reach a recycled pid.
+        let _ = self.kill_tx.try_send(());
         self.wait().await
     }
 
@@ -315,15 +378,24 @@ impl Vm {
         }
     }
 
-    /// Follows QMP events: a guest shutdown during a soft reboot becomes a reset; pause and resume
-    /// from any source are reflected in the state.
+    /// Follows QMP events until QEMU closes the monitor: a guest shutdown during a soft reboot
+    /// becomes a reset; pause and resume from any source are reflected in the state.
     fn watch_events(&self) {
         let mut events = self.qmp.events();
         let state = self.state_tx.clone();
         let soft_reboot = self.soft_reboot.clone();
         let qmp = self.qmp.clone();
         tokio::spawn(async move {
-            while let Ok(ev) = events.recv().await {
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv() => ev,
+                    _ = qmp.closed() => break,
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
                 match ev.event.as_str() {
                     "SHUTDOWN" if soft_reboot.swap(false, Ordering::SeqCst) => {
                         let qmp = qmp.clone();
@@ -348,10 +420,10 @@ impl Vm {
         });
     }
 
-    /// Owns the child: waits for it, then publishes why it ended.
-    fn watch_exit(&self, mut child: Child, stderr_path: PathBuf) {
+    /// Owns the child: waits for it (killing it when asked), then publishes why it ended.
+    fn watch_exit(&self, mut child: Child, mut kill_rx: mpsc::Receiver<()>, stderr_path: PathBuf) {
         let state = self.state_tx.clone();
-        let killed = self.killed.clone();
+        let kill_reason = self.kill_reason.clone();
         let qmp = self.qmp.clone();
         let mut events = self.qmp.events();
         tokio::spawn(async move {
@@ -359,6 +431,7 @@ impl Vm {
             let status = loop {
                 tokio::select! {
                     s = child.wait() => break s,
+                    Some(()) = kill_rx.recv() => { let _ = child.start_kill(); }
                     ev = events.recv() => note_shutdown(ev.ok(), &mut cause),
                 }
             };
@@ -367,8 +440,9 @@ impl Vm {
             while let Ok(ev) = events.try_recv() {
                 note_shutdown(Some(ev), &mut cause);
             }
-            let reason = if killed.load(Ordering::SeqCst) {
-                ExitReason::Killed
+            let killed = kill_reason.lock().ok().and_then(|r| r.clone());
+            let reason = if let Some(k) = killed {
+                k
             } else if cause == Some(true) {
                 ExitReason::GuestShutdown
             } else if cause == Some(false) {
@@ -380,9 +454,37 @@ impl Vm {
                 };
                 ExitReason::Crashed { detail }
             };
-            state.send_replace(VmState::Exited { reason });
+            set(&state, VmState::Exited { reason });
         });
     }
+}
+
+/// Publishes a state unless the VM has already exited (`Exited` is final).
+fn set(state: &watch::Sender<VmState>, to: VmState) {
+    state.send_if_modified(|s| {
+        if matches!(s, VmState::Exited { .. }) || *s == to {
+            return false;
+        }
+        *s = to;
+        true
+    });
+}
+
+/// Copies `from` to `to`, refusing to follow a link at `from` (QEMU's user controls that directory).
+async fn copy_no_follow(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = from.to_path_buf();
+    let to = to.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut src = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&from)?;
+        let mut dst = std::fs::File::create(&to)?;
+        std::io::copy(&mut src, &mut dst).map(drop)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// QEMU often opens its monitor before it rejects an option and exits: when a start step fails,
@@ -408,12 +510,15 @@ fn transition(state: &watch::Sender<VmState>, from: VmState, to: VmState) {
     });
 }
 
-/// Remembers whether the last SHUTDOWN came from the guest (`true`) or the host (`false`).
+/// Remembers whether the last SHUTDOWN came from the guest (`true`) or the host (`false`); a
+/// reset or resume after it (a soft reboot) means QEMU lived on, so it no longer explains an exit.
 fn note_shutdown(ev: Option<crate::qmp::QmpEvent>, cause: &mut Option<bool>) {
-    if let Some(ev) = ev
-        && ev.event == "SHUTDOWN"
-    {
-        *cause = ev.data.get("guest").and_then(|g| g.as_bool());
+    match ev.as_ref().map(|e| e.event.as_str()) {
+        Some("SHUTDOWN") => {
+            *cause = ev.and_then(|e| e.data.get("guest").and_then(|g| g.as_bool()));
+        }
+        Some("RESET" | "RESUME") => *cause = None,
+        _ => {}
     }
 }
 
@@ -437,5 +542,50 @@ fn log_tail(path: &Path) -> String {
         "no output".into()
     } else {
         tail.join(" | ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exited_is_final() {
+        let (tx, rx) = watch::channel(VmState::Running);
+        set(
+            &tx,
+            VmState::Exited {
+                reason: ExitReason::GuestShutdown,
+            },
+        );
+        set(&tx, VmState::ShuttingDown);
+        set(&tx, VmState::Running);
+        transition(&tx, VmState::Paused, VmState::Running);
+        assert_eq!(
+            *rx.borrow(),
+            VmState::Exited {
+                reason: ExitReason::GuestShutdown
+            }
+        );
+    }
+
+    #[test]
+    fn a_soft_reboot_does_not_explain_a_later_exit() {
+        let ev = |e: &str, data: serde_json::Value| {
+            Some(crate::qmp::QmpEvent {
+                event: e.into(),
+                data,
+            })
+        };
+        let mut cause = None;
+        note_shutdown(ev("SHUTDOWN", json!({"guest": true})), &mut cause);
+        assert_eq!(cause, Some(true));
+        note_shutdown(ev("RESET", json!({})), &mut cause);
+        assert_eq!(
+            cause, None,
+            "after a soft reboot's reset, a crash must look like a crash"
+        );
+        note_shutdown(ev("SHUTDOWN", json!({"guest": false})), &mut cause);
+        assert_eq!(cause, Some(false));
     }
 }

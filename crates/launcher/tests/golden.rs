@@ -53,6 +53,7 @@ fn resolved(vmi: &VirtualMachineInstance, nics: &[(&str, NetBackend)]) -> Resolv
                     ImageFormat::Qcow2
                 },
                 direct_io: true,
+                owned: true,
             },
         );
     }
