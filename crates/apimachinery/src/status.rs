@@ -378,6 +378,11 @@ impl Status {
         Self::failure(422, "Invalid", message, Some(details))
     }
 
+    /// Any failure: `Status::custom(422, "Invalid", msg)`.
+    pub fn custom(code: u16, reason: &str, message: impl Into<String>) -> Self {
+        Self::failure(code, reason, message.into(), None)
+    }
+
     /// 400 with the given message.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::failure(400, "BadRequest", message.into(), None)
