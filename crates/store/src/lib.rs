@@ -32,7 +32,7 @@ mod watch;
 
 pub use compact::Retention;
 pub use error::{Error, Result};
-pub use model::{Deleted, Event, EventKind, Key, List, Object};
+pub use model::{Deleted, Event, EventKind, Key, List, Object, Stats};
 pub use store::Store;
 pub use txn::Txn;
 pub use watch::Watch;

@@ -133,3 +133,22 @@ pub struct Event {
     /// The new bytes; for a delete, the bytes recorded by it (see [`Deleted::value`]).
     pub value: Bytes,
 }
+
+/// What [`crate::Store::stats`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// The newest committed revision.
+    pub revision: u64,
+    /// The newest compacted revision.
+    pub compacted: u64,
+    /// Current objects.
+    pub objects: u64,
+    /// History rows (events not yet compacted).
+    pub events: u64,
+    /// Bytes of keys and values in the trees.
+    pub stored_bytes: u64,
+    /// Bytes of pages in use, including tree overhead and fragmentation.
+    pub allocated_bytes: u64,
+    /// Bytes of allocated pages not holding data.
+    pub fragmented_bytes: u64,
+}

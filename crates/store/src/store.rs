@@ -4,11 +4,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::model::{Deleted, Event, Key, List, Object};
+use crate::model::{Deleted, Event, Key, List, Object, Stats};
 use crate::tables::{self, HISTORY, META, META_COMPACTED, META_REVISION, OBJECTS};
 use crate::txn::Txn;
 use crate::watch::Watch;
@@ -194,6 +194,11 @@ impl Store {
         self.blocking(move |inner| inner.compact(keep_after)).await
     }
 
+    /// Counters and space use, for metrics and capacity checks.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.blocking(|inner| inner.stats()).await
+    }
+
     /// Runs `f` on tokio's blocking pool; a panic in it resumes in the caller.
     pub(crate) async fn blocking<T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -254,6 +259,23 @@ impl Inner {
         // no receivers is fine: nobody is watching
         let _ = self.live.send(events.into());
         Ok(out)
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let wtx = self.db.begin_write()?;
+        let db = wtx.stats()?;
+        let stats = Stats {
+            revision: self.revision(),
+            compacted: self.compacted.load(Ordering::SeqCst),
+            objects: wtx.open_table(OBJECTS)?.len()?,
+            events: wtx.open_table(HISTORY)?.len()?,
+            stored_bytes: db.stored_bytes(),
+            allocated_bytes: db.allocated_pages() * db.page_size() as u64,
+            fragmented_bytes: db.fragmented_bytes(),
+        };
+        wtx.abort()?;
+        Ok(stats)
     }
 
     fn compact(&self, keep_after: u64) -> Result<u64> {

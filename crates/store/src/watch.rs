@@ -153,6 +153,7 @@ fn matches(resource: &str, namespace: Option<&str>, key: &Key) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::time::Duration;
 

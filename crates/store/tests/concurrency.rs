@@ -1,4 +1,5 @@
 //! Many tasks and threads at once: optimistic concurrency and unique revisions.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! Create, get, update and delete, optimistic concurrency and transactions.
+#![allow(clippy::unwrap_used)]
 
 use kuvirt_store::{Error, EventKind, Key, Store};
 

@@ -1,4 +1,5 @@
 //! Lists: filtering, pagination, and snapshot consistency under concurrent writes.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 

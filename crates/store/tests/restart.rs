@@ -1,4 +1,5 @@
 //! Reopening a store keeps objects, the revision counter, history and the compaction mark.
+#![allow(clippy::unwrap_used)]
 
 use kuvirt_store::{Error, Key, Store};
 

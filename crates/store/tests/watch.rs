@@ -1,5 +1,6 @@
 //! Watches: replay from history, the hand-off to live events under concurrent writes, filters,
 //! compaction and `Gone`.
+#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
