@@ -37,22 +37,6 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// The control plane on this host: the Kubernetes API server over an embedded store
-    /// (controllers and the node agent join it in later releases). Writes an admin kubeconfig to
-    /// DATA_DIR/kubeconfig.
-    Server {
-        #[arg(
-            long,
-            env = "KUVIRT_DATA_DIR",
-            default_value = "/var/lib/kuvirt/server"
-        )]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:6443")]
-        listen: std::net::SocketAddr,
-        /// More names or addresses for the serving certificate.
-        #[arg(long)]
-        tls_san: Vec<String>,
-    },
     /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
     Ctl {
         /// The VM's directory (holding launcher.sock).
@@ -135,11 +119,6 @@ fn main() {
 async fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Run(args) => run::run(args).await,
-        Command::Server {
-            data_dir,
-            listen,
-            tls_san,
-        } => server(data_dir, listen, tls_san).await,
         Command::Image(ImageCommand::Push {
             source,
             reference,
@@ -230,34 +209,6 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-async fn server(
-    data_dir: PathBuf,
-    listen: std::net::SocketAddr,
-    tls_san: Vec<String>,
-) -> Result<i32> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let running = kuvirt_apiserver::server::start(kuvirt_apiserver::server::ServerConfig {
-        data_dir,
-        listen,
-        extra_hosts: tls_san,
-        history: std::time::Duration::from_secs(300),
-    })
-    .await?;
-    eprintln!(
-        "kuvirt server listening on {}; kubeconfig: {}",
-        running.url(),
-        running.creds.kubeconfig.display()
-    );
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    running.stop();
-    Ok(0)
 }
 
 /// A progress bar on a terminal, silence otherwise.
