@@ -37,6 +37,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The control plane on this host: the Kubernetes API server over an embedded store
+    /// (controllers and the node agent join it in later releases). Writes an admin kubeconfig to
+    /// DATA_DIR/kubeconfig.
+    Server {
+        #[arg(
+            long,
+            env = "KUVIRT_DATA_DIR",
+            default_value = "/var/lib/kuvirt/server"
+        )]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// More names or addresses for the serving certificate.
+        #[arg(long)]
+        tls_san: Vec<String>,
+        /// How long watch history is kept before compaction (seconds).
+        #[arg(long, default_value = "300", hide = true)]
+        watch_history: u64,
+    },
     /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
     Ctl {
         /// The VM's directory (holding launcher.sock).
@@ -119,6 +138,12 @@ fn main() {
 async fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Run(args) => run::run(args).await,
+        Command::Server {
+            data_dir,
+            listen,
+            tls_san,
+            watch_history,
+        } => server(data_dir, listen, tls_san, watch_history).await,
         Command::Image(ImageCommand::Push {
             source,
             reference,
@@ -209,6 +234,34 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+async fn server(
+    data_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    tls_san: Vec<String>,
+) -> Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let running = kuvirt_apiserver::server::start(kuvirt_apiserver::server::ServerConfig {
+        data_dir,
+        listen,
+        extra_hosts: tls_san,
+        history: std::time::Duration::from_secs(watch_history.max(1)),
+    })
+    .await?;
+    eprintln!(
+        "kuvirt server listening on {}; kubeconfig: {}",
+        running.url(),
+        running.creds.kubeconfig.display()
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    running.stop();
+    Ok(0)
 }
 
 /// A progress bar on a terminal, silence otherwise.
