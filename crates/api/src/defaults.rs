@@ -90,6 +90,21 @@ pub fn default_vmi(vmi: &mut VirtualMachineInstance) {
 /// `running` nor `runStrategy` is set, and the VMI spec defaults on the template (firmware UUID
 /// from the VM name). Read the run strategy through
 /// [`crate::v1::VirtualMachineSpec::effective_run_strategy`], which also understands `running`.
+/// What KubeVirt's VM mutating webhook persists on a VirtualMachine: apiVersion/kind, the run
+/// strategy when none is given, and the template's machine type. The template's other defaults
+/// are applied to the VMI created from it (see [`default_vmi`]), not stored on the VM, so a
+/// re-applied manifest compares equal to what is stored.
+pub fn default_vm_persisted(vm: &mut VirtualMachine) {
+    vm.api_version.get_or_insert_with(|| API_VERSION.to_owned());
+    vm.kind.get_or_insert_with(|| "VirtualMachine".to_owned());
+    if vm.spec.running.is_none() && vm.spec.run_strategy.is_none() {
+        vm.spec.run_strategy = Some(RunStrategy::Halted);
+    }
+    if let Some(template) = vm.spec.template.as_mut() {
+        default_machine(&mut template.spec);
+    }
+}
+
 pub fn default_vm(vm: &mut VirtualMachine) {
     vm.api_version.get_or_insert_with(|| API_VERSION.to_owned());
     vm.kind.get_or_insert_with(|| "VirtualMachine".to_owned());

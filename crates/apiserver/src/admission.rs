@@ -67,10 +67,14 @@ fn required(field: &str, message: &str) -> AdmitError {
     }])
 }
 
+/// KubeVirt persists only a few defaults on a VM (its VMIs get the rest); validation sees the VM
+/// as its VMIs will be.
 pub fn virtual_machine(obj: &mut Value) -> Result<(), AdmitError> {
     typed::<kuvirt_api::VirtualMachine>(obj, |vm| {
-        kuvirt_api::default_vm(vm);
-        kuvirt_api::validate_vm(vm).map_err(field_errors)
+        kuvirt_api::defaults::default_vm_persisted(vm);
+        let mut full = vm.clone();
+        kuvirt_api::default_vm(&mut full);
+        kuvirt_api::validate_vm(&full).map_err(field_errors)
     })
 }
 
@@ -113,10 +117,11 @@ pub fn namespace(obj: &mut Value) -> Result<(), AdmitError> {
         if status.phase.is_none() {
             status.phase = Some("Active".into());
         }
+        // The namespace lifecycle's finalizer, set once at creation; the lifecycle empties the
+        // list when the namespace's contents are gone.
         let spec = ns.spec.get_or_insert_with(Default::default);
-        let finalizers = spec.finalizers.get_or_insert_with(Vec::new);
-        if !finalizers.iter().any(|f| f == "kubernetes") {
-            finalizers.push("kubernetes".into());
+        if spec.finalizers.is_none() {
+            spec.finalizers = Some(vec!["kubernetes".into()]);
         }
         Ok(())
     })

@@ -2,6 +2,17 @@
 //! admission and auth, served to kubectl and kube-rs.
 
 pub mod admission;
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod meta;
+pub mod objects;
 pub mod openapi;
+pub mod patch;
+pub mod path;
 pub mod pki;
+pub mod protobuf;
 pub mod resources;
+pub mod server;
+pub mod table;
+pub mod watch;

@@ -240,6 +240,7 @@ async fn server(
     data_dir: PathBuf,
     listen: std::net::SocketAddr,
     tls_san: Vec<String>,
+    watch_history: u64,
 ) -> Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;

@@ -1,0 +1,124 @@
+//! Watch: a chunked stream of `{"type": …, "object": …}` lines from the store's history and live
+//! events, with selectors, bookmarks, `timeoutSeconds`, and 410 (as an ERROR event) when the
+//! requested resourceVersion is compacted away.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kuvirt_store::Store;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::http::{Selectors, stream_body};
+use crate::objects;
+use crate::path::Target;
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+/// The longest a watch runs when the client names no timeout (kube-apiserver: 30–60 min).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+pub async fn serve(
+    store: Store,
+    t: Target,
+    sel: Selectors,
+    q: &HashMap<String, String>,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let rv = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        ),
+    };
+    let bookmarks = q
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true" || v == "1");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let q = q.clone();
+    // Without a resourceVersion, the client first gets the current objects as ADDED events.
+    let (initial, from) = match rv {
+        Some(rv) => (Vec::new(), rv),
+        None => {
+            let page = objects::list(&store, &t, None, None, &|v| sel.matches(v)).await?;
+            (page.items, page.revision)
+        }
+    };
+    let ns = (!t.namespace.is_empty()).then(|| t.namespace.clone());
+    let watch = store.watch(&t.rt.store_key(), ns.as_deref(), from).await;
+    tokio::spawn(async move {
+        let send = |ty: &str, obj: Value| {
+            let obj = if table && ty != "ERROR" && ty != "BOOKMARK" {
+                crate::table::table(t.rt, &[obj], None, &q)
+            } else {
+                obj
+            };
+            let mut line = json!({"type": ty, "object": obj}).to_string();
+            line.push('\n');
+            tx.send(Bytes::from(line))
+        };
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = send("ERROR", ApiError::from(e).status()).await;
+                return;
+            }
+        };
+        for obj in initial {
+            if send("ADDED", obj).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                ev = watch.next() => {
+                    let ev = match ev {
+                        None => return,
+                        Some(Err(e)) => {
+                            let _ = send("ERROR", ApiError::from(e).status()).await;
+                            return;
+                        }
+                        Some(Ok(ev)) => ev,
+                    };
+                    let Ok(obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
+                    if !sel.matches(&obj) {
+                        continue;
+                    }
+                    if send(ev.kind.as_str(), obj).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if bookmarks => {
+                    let mark = json!({
+                        "kind": t.rt.kind,
+                        "apiVersion": t.rt.api_version(),
+                        "metadata": {"resourceVersion": watch.revision().to_string()},
+                    });
+                    if send("BOOKMARK", mark).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        stream_body(rx),
+    )
+        .into_response())
+}
