@@ -41,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route("/version", get(version))
         .fallback(dispatch)
+        // Bodies are limited in `dispatch`, so an oversized one gets a Status like any error.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -85,8 +87,14 @@ async fn dispatch(
     uri: Uri,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    // Read somewhat past the limit so a client that sends a little too much gets its 413 instead
+    // of a reset connection; far larger bodies are cut off.
+    let body = match axum::body::to_bytes(body, 4 * MAX_BODY).await {
+        Ok(b) if b.len() <= MAX_BODY => b,
+        _ => return ApiError::too_large(MAX_BODY).into_response(),
+    };
     match handle(&state, method, &uri, &q, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -671,11 +671,12 @@ async fn orphan_dependents(store: &Store, owner: &Value) -> Result<(), ApiError>
     for (rt, mut dep) in dependents(store, uid).await? {
         let t = target_of(rt, &dep);
         let Some(name) = t.name.clone() else { continue };
-        if let Some(refs) = dep
-            .pointer_mut("/metadata/ownerReferences")
-            .and_then(Value::as_array_mut)
-        {
+        let m = meta_mut(&mut dep);
+        if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
             refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+            if refs.is_empty() {
+                m.remove("ownerReferences");
+            }
         }
         let rv = meta::resource_version(&dep);
         // A dependent that changed meanwhile is retried by the next GC pass.

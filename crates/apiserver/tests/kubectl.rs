@@ -369,3 +369,262 @@ fn read_only_and_anonymous_cannot_write() {
         "{anon}"
     );
 }
+
+#[test]
+fn server_side_apply_explain_and_dry_run() {
+    let s = Server::start();
+    let vm = write(
+        s.dir.path(),
+        "vm.yaml",
+        &TESTVM.replace("namespace: demo", "namespace: default"),
+    );
+    let vm = vm.to_str().unwrap();
+    let out = s.ok(&["apply", "--server-side", "-f", vm]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let mf = s.ok(&[
+        "get",
+        "vm",
+        "testvm",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+        "--show-managed-fields",
+    ]);
+    assert!(mf.contains("kubectl"), "managedFields: {mf}");
+    // Another manager changing a field kubectl owns conflicts; --force-conflicts takes it over.
+    s.ok(&[
+        "patch",
+        "vm",
+        "testvm",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Manual"}}"#,
+    ]);
+    let changed = TESTVM
+        .replace("namespace: demo", "namespace: default")
+        .replace("runStrategy: Halted", "runStrategy: Always");
+    let f2 = write(s.dir.path(), "vm2.yaml", &changed);
+    let conflict = s.fails(&["apply", "--server-side", "-f", f2.to_str().unwrap()]);
+    assert!(conflict.contains("conflict"), "{conflict}");
+    s.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        f2.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        s.ok(&["get", "vm", "testvm", "-o", "jsonpath={.spec.runStrategy}"]),
+        "Always"
+    );
+
+    let explained = s.ok(&["explain", "vm.spec.runStrategy"]);
+    assert!(explained.contains("runStrategy"), "{explained}");
+
+    let dry = TESTVM
+        .replace("namespace: demo", "namespace: default")
+        .replace("name: testvm", "name: dryvm");
+    let f3 = write(s.dir.path(), "dry.yaml", &dry);
+    let out = s.ok(&["create", "--dry-run=server", "-f", f3.to_str().unwrap()]);
+    assert!(out.contains("dryvm"), "{out}");
+    assert!(
+        !s.kubectl(&["get", "vm", "dryvm"]).status.success(),
+        "a dry run stored the object"
+    );
+}
+
+#[test]
+fn pagination_and_selectors() {
+    let s = Server::start();
+    for i in 0..7 {
+        let cm = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm{i}\n  labels:\n    parity: {}\ndata:\n  i: \"{i}\"\n",
+            if i % 2 == 0 { "even" } else { "odd" }
+        );
+        let f = write(s.dir.path(), &format!("cm{i}.yaml"), &cm);
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+    }
+    // kubectl follows `continue` tokens; -v=6 shows the pages it asked for.
+    let out = s.kubectl(&["get", "cm", "--chunk-size=2", "-o", "name", "-v=6"]);
+    assert!(out.status.success());
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        names
+            .lines()
+            .filter(|l| l.starts_with("configmap/cm"))
+            .count(),
+        7,
+        "{names}"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.matches("limit=2").count() >= 4, "not paged:\n{log}");
+    let odd = s.ok(&["get", "cm", "-l", "parity=odd", "-o", "name"]);
+    assert_eq!(odd.lines().count(), 3, "{odd}");
+    let one = s.ok(&[
+        "get",
+        "cm",
+        "--field-selector",
+        "metadata.name=cm4",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(one.trim(), "configmap/cm4");
+    let bad = s.fails(&["get", "cm", "--field-selector", "spec.nope=1"]);
+    assert!(bad.contains("field label not supported"), "{bad}");
+}
+
+#[test]
+fn owner_references_cascade_and_namespaces_empty_before_they_go() {
+    let s = Server::start();
+    let ns = write(
+        s.dir.path(),
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gc\n",
+    );
+    s.ok(&["apply", "-f", ns.to_str().unwrap()]);
+    let owner = write(
+        s.dir.path(),
+        "owner.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owner\n  namespace: gc\n",
+    );
+    for policy in ["background", "foreground", "orphan"] {
+        s.ok(&["apply", "-f", owner.to_str().unwrap()]);
+        let uid = s.ok(&[
+            "get",
+            "cm",
+            "owner",
+            "-n",
+            "gc",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ]);
+        let dep = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dep\n  namespace: gc\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: owner\n    uid: {uid}\n    blockOwnerDeletion: true\n"
+        );
+        let f = write(s.dir.path(), "dep.yaml", &dep);
+        s.ok(&["apply", "-f", f.to_str().unwrap()]);
+        s.ok(&[
+            "delete",
+            "cm",
+            "owner",
+            "-n",
+            "gc",
+            &format!("--cascade={policy}"),
+            "--timeout=30s",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let dep_exists = s
+                .kubectl(&["get", "cm", "dep", "-n", "gc"])
+                .status
+                .success();
+            let owner_gone = !s
+                .kubectl(&["get", "cm", "owner", "-n", "gc"])
+                .status
+                .success();
+            let done = match policy {
+                "orphan" => owner_gone && dep_exists,
+                _ => owner_gone && !dep_exists,
+            };
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{policy}: dependent not handled (dep exists: {dep_exists})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if policy == "orphan" {
+            let refs = s.ok(&[
+                "get",
+                "cm",
+                "dep",
+                "-n",
+                "gc",
+                "-o",
+                "jsonpath={.metadata.ownerReferences}",
+            ]);
+            assert!(
+                refs.is_empty(),
+                "orphaned dependent keeps its owner reference: {refs}"
+            );
+            s.ok(&["delete", "cm", "dep", "-n", "gc"]);
+        }
+    }
+    // Deleting a namespace deletes what is in it, then the namespace.
+    let cm = write(
+        s.dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: inside\n  namespace: gc\n",
+    );
+    s.ok(&["apply", "-f", cm.to_str().unwrap()]);
+    s.ok(&["delete", "namespace", "gc", "--timeout=30s"]);
+    assert!(!s.kubectl(&["get", "namespace", "gc"]).status.success());
+    assert!(
+        !s.kubectl(&["get", "cm", "inside", "-n", "gc"])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn raw_protocol_errors_are_statuses() {
+    let s = Server::start();
+    let running = s.running.as_ref().unwrap();
+    let token = running
+        .creds
+        .token_for(kuvirt_apiserver::pki::Role::Admin)
+        .unwrap()
+        .token
+        .clone();
+    let ca = s.dir.path().join("pki/ca.crt");
+    let url = format!("{}/api/v1/namespaces/default/configmaps", running.url());
+    let curl = |args: &[&str]| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (body.to_string(), code.to_string())
+    };
+    let (body, code) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: text/plain",
+        "--data",
+        "x",
+        &url,
+    ]);
+    assert_eq!(code, "415", "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    let big = s.dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).unwrap();
+    let (body, code) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &url,
+    ]);
+    assert_eq!(code, "413", "{body}");
+    let (body, code) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        "{not json",
+        &url,
+    ]);
+    assert_eq!(code, "400", "{body}");
+    let (_, code) = curl(&["-o", "/dev/null", &format!("{}/version", running.url())]);
+    assert_eq!(code, "200");
+}
