@@ -1,6 +1,7 @@
 //! `kuvirt`: one binary for every role. This session's verbs: run, image, demo-image, ctl.
 
 mod console;
+mod kubectl;
 mod manifest;
 mod run;
 
@@ -56,6 +57,12 @@ enum Command {
         #[arg(long, default_value = "300", hide = true)]
         watch_history: u64,
     },
+    /// Show objects from the API server as a table, YAML, JSON or names (like kubectl get).
+    Get(kubectl::GetArgs),
+    /// Server-side apply the objects in files (like kubectl apply --server-side).
+    Apply(kubectl::ApplyArgs),
+    /// Delete objects by type and name, selector or file, and wait until they are gone.
+    Delete(kubectl::DeleteArgs),
     /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
     Ctl {
         /// The VM's directory (holding launcher.sock).
@@ -138,6 +145,9 @@ fn main() {
 async fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Run(args) => run::run(args).await,
+        Command::Get(args) => kubectl::get(args).await,
+        Command::Apply(args) => kubectl::apply(args).await,
+        Command::Delete(args) => kubectl::delete(args).await,
         Command::Server {
             data_dir,
             listen,
