@@ -39,7 +39,7 @@ pub fn to_json(v: &Value) -> Result<String> {
 
 /// `v` as kubectl shows it: keys sorted (as Go's encoders do), managedFields left out.
 pub fn for_display(v: Value) -> Value {
-    let mut v = sorted(v);
+    let mut v = v;
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
     }
@@ -50,7 +50,8 @@ pub fn for_display(v: Value) -> Value {
             }
         }
     }
-    v
+    // Sorting last: removing from an ordered map moves its last key.
+    sorted(v)
 }
 
 fn sorted(v: Value) -> Value {
