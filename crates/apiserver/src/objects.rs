@@ -26,6 +26,8 @@ pub struct WriteOptions {
     pub force: bool,
     /// The object's managedFields were already computed (server-side apply).
     pub managed: bool,
+    /// `fieldValidation=Strict`: refuse fields the kind does not know instead of dropping them.
+    pub strict: bool,
 }
 
 impl WriteOptions {
@@ -48,6 +50,7 @@ impl WriteOptions {
             manager,
             force: q.get("force").is_some_and(|v| v == "true"),
             managed: false,
+            strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
         }
     }
 }
@@ -95,14 +98,64 @@ fn with_rv(mut v: Value, rev: u64) -> Vec<u8> {
     encode(&v)
 }
 
-fn admit(rt: &ResourceType, name: &str, obj: &mut Value) -> Result<(), ApiError> {
-    match (rt.admit)(obj) {
+fn admit(
+    rt: &ResourceType,
+    name: &str,
+    obj: &mut Value,
+    opts: &WriteOptions,
+) -> Result<(), ApiError> {
+    let before = opts.strict.then(|| obj.clone());
+    let admitted = (rt.admit)(obj);
+    // Decoding into a kind's type drops fields it does not know (kubevirt.io kinds keep them);
+    // `fieldValidation=Strict` refuses such objects, as Kubernetes does.
+    if let (Ok(()), Some(before)) = (&admitted, before) {
+        let mut unknown = Vec::new();
+        dropped_fields(&before, obj, "", &mut unknown);
+        unknown.retain(|f| f != "stringData" && !f.starts_with("stringData."));
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field {f:?}"))
+                .collect();
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            )));
+        }
+    }
+    match admitted {
         Ok(()) => Ok(()),
         Err(AdmitError::Decode(e)) => Err(ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             rt.kind, rt.version, rt.kind
         ))),
         Err(AdmitError::Invalid(causes)) => Err(ApiError::invalid(rt, name, &causes)),
+    }
+}
+
+/// Paths present (non-null) in `before` but gone from `after`.
+fn dropped_fields(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            for (k, v) in b {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match a.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    Some(av) => dropped_fields(v, av, &p, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            for (i, (bv, av)) in b.iter().zip(a).enumerate() {
+                dropped_fields(bv, av, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -303,7 +356,7 @@ pub async fn create(
     {
         o.remove("status");
     }
-    admit(rt, &name, &mut obj)?;
+    admit(rt, &name, &mut obj, opts)?;
     manage(rt, None, &mut obj, opts, "")?;
     if opts.dry_run {
         return Ok(obj);
@@ -430,7 +483,7 @@ pub async fn update(
         json!(if bump { generation + 1 } else { generation }),
     );
     if part == Part::Main {
-        admit(rt, name, &mut new)?;
+        admit(rt, name, &mut new, opts)?;
     }
     let sub = if part == Part::Status { "status" } else { "" };
     manage(rt, Some(&old), &mut new, opts, sub)?;

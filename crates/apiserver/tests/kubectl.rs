@@ -284,6 +284,27 @@ fn invalid_specs_name_the_field() {
     let f = write(s.dir.path(), "bad.yaml", &bad);
     let err = s.fails(&["apply", "-f", f.to_str().unwrap()]);
     assert!(err.contains("spec.runStrategy"), "{err}");
+    // Core kinds: fields the kind does not have are refused under kubectl's default strict
+    // validation, and dropped (as Kubernetes does) when validation is off.
+    let cm = write(
+        s.dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n",
+    );
+    let err = s.fails(&["apply", "-f", cm.to_str().unwrap()]);
+    assert!(err.contains("unknown field \"datta\""), "{err}");
+    s.ok(&["apply", "--validate=false", "-f", cm.to_str().unwrap()]);
+    // kubevirt.io kinds keep fields they do not know yet.
+    let extra = TESTVM
+        .replace("namespace: demo", "namespace: default")
+        .replace(
+            "runStrategy: Halted",
+            "runStrategy: Halted\n  futureField: 1",
+        );
+    let f = write(s.dir.path(), "extra.yaml", &extra);
+    s.ok(&["apply", "--validate=false", "-f", f.to_str().unwrap()]);
+    let kept = s.ok(&["get", "vm", "testvm", "-o", "jsonpath={.spec.futureField}"]);
+    assert_eq!(kept, "1");
 }
 
 #[test]
@@ -627,4 +648,25 @@ fn raw_protocol_errors_are_statuses() {
     assert_eq!(code, "400", "{body}");
     let (_, code) = curl(&["-o", "/dev/null", &format!("{}/version", running.url())]);
     assert_eq!(code, "200");
+    // No credentials at all: refused with a Status, reads and writes alike.
+    for method in ["GET", "POST"] {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-X",
+                method,
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                "{}",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, "401", "{method}: {body}");
+        assert!(body.contains("\"reason\":\"Unauthorized\""), "{body}");
+    }
 }
