@@ -267,10 +267,21 @@ async fn server(
         running.url(),
         running.creds.kubeconfig.display()
     );
+    // The controllers reach the API server like any client: through kube-rs and the kubeconfig.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&running.creds.kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controllers = tokio::spawn(kuvirt_controller::run(client, async move {
+        let _ = stop_rx.await;
+    }));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), controllers).await;
     running.stop();
     Ok(0)
 }

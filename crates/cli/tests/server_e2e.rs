@@ -277,3 +277,81 @@ async fn two_writers_with_one_resource_version_one_wins() {
         other => panic!("{other}"),
     }
 }
+
+/// The VM controller inside `kuvirt server`: runStrategy Always creates an owned VMI, Halted
+/// removes it, Always again creates a new one (new UID); deleting the VM collects its VMI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_controller_follows_the_run_strategy() {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 300);
+    let client = server.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "ctl"},
+        "spec": {"runStrategy": "Always", "template": {"metadata": {"labels": {"app": "ctl"}},
+            "spec": {"domain": {"devices": {}, "memory": {"guest": "64Mi"}}}}}
+    }))
+    .unwrap();
+    let vm = vms.create(&PostParams::default(), &vm).await.unwrap();
+
+    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let first = until("a VMI", async || vmis.get_opt("ctl").await.unwrap()).await;
+    let owner = &first.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(first.metadata.labels.as_ref().unwrap()["app"], "ctl");
+    until("Starting", async || {
+        let v = vms.get("ctl").await.unwrap();
+        let s = v.status?.printable_status?;
+        (s.as_str() == "Starting").then_some(())
+    })
+    .await;
+
+    let pp = PatchParams::default();
+    vms.patch(
+        "ctl",
+        &pp,
+        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await
+    .unwrap();
+    until("the VMI gone", async || {
+        vmis.get_opt("ctl").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    until("Stopped", async || {
+        let s = vms.get("ctl").await.unwrap().status?.printable_status?;
+        (s.as_str() == "Stopped").then_some(())
+    })
+    .await;
+
+    vms.patch(
+        "ctl",
+        &pp,
+        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Always"}})),
+    )
+    .await
+    .unwrap();
+    let second = until("a new VMI", async || vmis.get_opt("ctl").await.unwrap()).await;
+    assert_ne!(second.metadata.uid, first.metadata.uid);
+
+    vms.delete("ctl", &DeleteParams::default()).await.unwrap();
+    until("the VMI collected", async || {
+        vmis.get_opt("ctl").await.unwrap().is_none().then_some(())
+    })
+    .await;
+}

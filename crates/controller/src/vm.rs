@@ -1,0 +1,433 @@
+//! The VirtualMachine controller: decides from a VM and its VMI (if any) whether to start or stop,
+//! and what the VM's status says — KubeVirt's run strategies and state change requests. The
+//! decision ([`plan`]) is pure; [`reconcile`] carries it out through the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kuvirt_api::v1::{
+    RunStrategy, StateChangeRequestAction, VirtualMachineCondition, VirtualMachineConditionType,
+    VirtualMachineInstanceConditionType, VirtualMachineInstancePhase,
+    VirtualMachinePrintableStatus, VirtualMachineStatus,
+};
+use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+use serde_json::json;
+
+use crate::Error;
+
+/// What the controller does to the VMI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmiAction {
+    None,
+    /// Create a VMI from the template.
+    Start,
+    /// Delete the VMI with this uid.
+    Stop {
+        uid: String,
+    },
+}
+
+/// The outcome of looking at one VM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub action: VmiAction,
+    /// Set `spec.runStrategy` (a `Once` VM whose run is over becomes `Halted`).
+    pub run_strategy: Option<RunStrategy>,
+    pub status: VirtualMachineStatus,
+}
+
+fn finished(vmi: &VirtualMachineInstance) -> bool {
+    matches!(
+        vmi.status.as_ref().and_then(|s| s.phase.as_ref()),
+        Some(VirtualMachineInstancePhase::Succeeded | VirtualMachineInstancePhase::Failed)
+    )
+}
+
+fn phase(vmi: &VirtualMachineInstance) -> Option<&VirtualMachineInstancePhase> {
+    vmi.status.as_ref().and_then(|s| s.phase.as_ref())
+}
+
+fn vmi_condition(vmi: &VirtualMachineInstance, t: &VirtualMachineInstanceConditionType) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| &c.type_ == t))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Decides what to do. `vmi` is the VM's VMI (same name, owned by it), if one exists.
+pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
+    let strategy = vm.spec.effective_run_strategy();
+    let old = vm.status.clone().unwrap_or_default();
+    let vmi_uid = vmi.and_then(|v| v.metadata.uid.clone()).unwrap_or_default();
+    let deleting_vm = vm.metadata.deletion_timestamp.is_some();
+    let vmi_deleting = vmi.is_some_and(|v| v.metadata.deletion_timestamp.is_some());
+
+    // State change requests first (the start/stop/restart subresources write them).
+    let mut action = VmiAction::None;
+    let mut requests = old.state_change_requests.clone();
+    if let Some(first) = requests.first().cloned() {
+        match (&first.action, vmi) {
+            (StateChangeRequestAction::Stop, Some(v)) if !vmi_deleting => {
+                let matches = first
+                    .uid
+                    .as_deref()
+                    .is_none_or(|u| Some(u) == v.metadata.uid.as_deref());
+                if matches {
+                    action = VmiAction::Stop {
+                        uid: vmi_uid.clone(),
+                    };
+                }
+                requests.remove(0);
+            }
+            (StateChangeRequestAction::Stop, None) => {
+                requests.remove(0);
+            }
+            (StateChangeRequestAction::Start, None) if !deleting_vm => {
+                action = VmiAction::Start;
+                requests.remove(0);
+            }
+            (StateChangeRequestAction::Start, Some(v)) if finished(v) && !vmi_deleting => {
+                // Restart = stop then start: remove the finished VMI first, start next time.
+                action = VmiAction::Stop {
+                    uid: vmi_uid.clone(),
+                };
+            }
+            _ => {}
+        }
+    }
+
+    let mut run_strategy = None;
+    if action == VmiAction::None && !deleting_vm {
+        action = match (&strategy, vmi) {
+            (RunStrategy::Always, None) => VmiAction::Start,
+            (RunStrategy::Always, Some(v)) if finished(v) && !vmi_deleting => VmiAction::Stop {
+                uid: vmi_uid.clone(),
+            },
+            // A VMI that succeeded is left in place: the VM stays down until started again.
+            (RunStrategy::RerunOnFailure, None) => VmiAction::Start,
+            (RunStrategy::RerunOnFailure, Some(v))
+                if phase(v) == Some(&VirtualMachineInstancePhase::Failed) && !vmi_deleting =>
+            {
+                VmiAction::Stop {
+                    uid: vmi_uid.clone(),
+                }
+            }
+            (RunStrategy::Halted, Some(v)) if !vmi_deleting => VmiAction::Stop {
+                uid: v.metadata.uid.clone().unwrap_or_default(),
+            },
+            (RunStrategy::Once, None) => VmiAction::Start,
+            (RunStrategy::Once, Some(v)) if finished(v) => {
+                run_strategy = Some(RunStrategy::Halted);
+                VmiAction::None
+            }
+            _ => VmiAction::None,
+        };
+    }
+
+    let mut status = old.clone();
+    status.state_change_requests = requests;
+    status.created = Some(vmi.is_some() && !matches!(action, VmiAction::Stop { .. }));
+    let ready = vmi.is_some_and(|v| {
+        phase(v) == Some(&VirtualMachineInstancePhase::Running)
+            && vmi_condition(v, &VirtualMachineInstanceConditionType::Ready)
+    });
+    status.ready = Some(ready);
+    status.run_strategy = Some(strategy.clone());
+    status.observed_generation = vm.metadata.generation;
+    status.desired_generation = vm.metadata.generation;
+    let paused =
+        vmi.is_some_and(|v| vmi_condition(v, &VirtualMachineInstanceConditionType::Paused));
+    status.printable_status = Some(if deleting_vm {
+        VirtualMachinePrintableStatus::Terminating
+    } else if matches!(action, VmiAction::Stop { .. }) || vmi_deleting {
+        VirtualMachinePrintableStatus::Stopping
+    } else {
+        match vmi.map(|v| (v, phase(v))) {
+            None if action == VmiAction::Start => VirtualMachinePrintableStatus::Starting,
+            None => VirtualMachinePrintableStatus::Stopped,
+            Some((_, Some(VirtualMachineInstancePhase::Running))) if paused => {
+                VirtualMachinePrintableStatus::Paused
+            }
+            Some((_, Some(VirtualMachineInstancePhase::Running))) => {
+                VirtualMachinePrintableStatus::Running
+            }
+            Some((
+                _,
+                Some(VirtualMachineInstancePhase::Succeeded | VirtualMachineInstancePhase::Failed),
+            )) => VirtualMachinePrintableStatus::Stopped,
+            Some(_) => VirtualMachinePrintableStatus::Starting,
+        }
+    });
+    status.conditions = conditions(&old.conditions, ready, paused);
+    Plan {
+        action,
+        run_strategy,
+        status,
+    }
+}
+
+/// Ready and Paused mirror the VMI; transition times move only when the status changes.
+fn conditions(
+    old: &[VirtualMachineCondition],
+    ready: bool,
+    paused: bool,
+) -> Vec<VirtualMachineCondition> {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff_now());
+    let mut out: Vec<VirtualMachineCondition> = old
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.type_,
+                VirtualMachineConditionType::Ready | VirtualMachineConditionType::Paused
+            )
+        })
+        .cloned()
+        .collect();
+    for (t, on, reason) in [
+        (
+            VirtualMachineConditionType::Ready,
+            ready,
+            if ready { "" } else { "VMINotRunning" },
+        ),
+        (VirtualMachineConditionType::Paused, paused, "PausedByUser"),
+    ] {
+        if t == VirtualMachineConditionType::Paused && !on {
+            continue;
+        }
+        let status = if on { "True" } else { "False" };
+        let previous = old.iter().find(|c| c.type_ == t);
+        let mut c = previous.cloned().unwrap_or_default();
+        c.type_ = t;
+        if previous.map(|p| p.status.as_str()) != Some(status) {
+            c.last_transition_time = Some(now.clone());
+        }
+        c.status = status.into();
+        c.reason = (!reason.is_empty()).then(|| reason.to_string());
+        out.push(c);
+    }
+    out
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    now.round(k8s_openapi::jiff::Unit::Second).unwrap_or(now)
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+}
+
+/// Carries out [`plan`] for one VM.
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = vm
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = vm.metadata.name.clone().unwrap_or_default();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmi = vmis.get_opt(&name).await?;
+    // Only a VMI this VM controls counts.
+    let vmi = vmi.filter(|v| {
+        v.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| Some(&r.uid) == vm.metadata.uid.as_ref() && r.controller == Some(true))
+    });
+    let plan = plan(&vm, vmi.as_ref());
+    match &plan.action {
+        VmiAction::None => {}
+        VmiAction::Start => {
+            let new = VirtualMachineInstance::from_vm(&vm);
+            match vmis.create(&PostParams::default(), &new).await {
+                Ok(_) => tracing::info!(vm = %name, namespace = %ns, "started: VMI created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        VmiAction::Stop { uid } => {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match vmis.delete(&name, &dp).await {
+                Ok(_) => tracing::info!(vm = %name, namespace = %ns, "stopped: VMI deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if let Some(rs) = &plan.run_strategy {
+        vms.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": rs.as_str()}})),
+        )
+        .await?;
+    }
+    if vm.status.as_ref() != Some(&plan.status) {
+        vms.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": plan.status })),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuvirt_api::v1::{
+        VirtualMachineInstanceCondition, VirtualMachineInstanceStatus,
+        VirtualMachineStateChangeRequest,
+    };
+
+    fn vm(strategy: &str) -> VirtualMachine {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "vm", "namespace": "default", "uid": "vm-uid", "generation": 3},
+            "spec": {"runStrategy": strategy, "template": {"spec": {"domain": {"devices": {}}}}},
+        }))
+        .unwrap()
+    }
+
+    fn vmi(phase: VirtualMachineInstancePhase, ready: bool) -> VirtualMachineInstance {
+        let mut v = VirtualMachineInstance::from_vm(&vm("Always"));
+        v.metadata.uid = Some("vmi-uid".into());
+        v.status = Some(VirtualMachineInstanceStatus {
+            phase: Some(phase),
+            conditions: vec![VirtualMachineInstanceCondition {
+                type_: VirtualMachineInstanceConditionType::Ready,
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        v
+    }
+
+    #[test]
+    fn always_starts_and_restarts_finished_vmis() {
+        let p = plan(&vm("Always"), None);
+        assert_eq!(p.action, VmiAction::Start);
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::Starting)
+        );
+        let running = vmi(VirtualMachineInstancePhase::Running, true);
+        let p = plan(&vm("Always"), Some(&running));
+        assert_eq!(p.action, VmiAction::None);
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::Running)
+        );
+        assert_eq!(p.status.ready, Some(true));
+        let done = vmi(VirtualMachineInstancePhase::Succeeded, false);
+        assert_eq!(
+            plan(&vm("Always"), Some(&done)).action,
+            VmiAction::Stop {
+                uid: "vmi-uid".into()
+            }
+        );
+    }
+
+    #[test]
+    fn halted_stops_and_stays_down() {
+        let running = vmi(VirtualMachineInstancePhase::Running, true);
+        let p = plan(&vm("Halted"), Some(&running));
+        assert_eq!(
+            p.action,
+            VmiAction::Stop {
+                uid: "vmi-uid".into()
+            }
+        );
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::Stopping)
+        );
+        let p = plan(&vm("Halted"), None);
+        assert_eq!(p.action, VmiAction::None);
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::Stopped)
+        );
+    }
+
+    #[test]
+    fn rerun_on_failure_restarts_failures_only() {
+        let failed = vmi(VirtualMachineInstancePhase::Failed, false);
+        assert!(matches!(
+            plan(&vm("RerunOnFailure"), Some(&failed)).action,
+            VmiAction::Stop { .. }
+        ));
+        let ok = vmi(VirtualMachineInstancePhase::Succeeded, false);
+        let p = plan(&vm("RerunOnFailure"), Some(&ok));
+        assert_eq!(p.action, VmiAction::None, "a clean shutdown stays down");
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::Stopped)
+        );
+    }
+
+    #[test]
+    fn manual_obeys_state_change_requests() {
+        assert_eq!(plan(&vm("Manual"), None).action, VmiAction::None);
+        let mut v = vm("Manual");
+        v.status = Some(VirtualMachineStatus {
+            state_change_requests: vec![VirtualMachineStateChangeRequest {
+                action: StateChangeRequestAction::Start,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let p = plan(&v, None);
+        assert_eq!(p.action, VmiAction::Start);
+        assert!(p.status.state_change_requests.is_empty());
+        let running = vmi(VirtualMachineInstancePhase::Running, true);
+        v.status.as_mut().unwrap().state_change_requests = vec![VirtualMachineStateChangeRequest {
+            action: StateChangeRequestAction::Stop,
+            uid: Some("other-uid".into()),
+            ..Default::default()
+        }];
+        assert_eq!(
+            plan(&v, Some(&running)).action,
+            VmiAction::None,
+            "a stop for another VMI is dropped"
+        );
+    }
+
+    #[test]
+    fn once_runs_once_then_halts() {
+        assert_eq!(plan(&vm("Once"), None).action, VmiAction::Start);
+        let done = vmi(VirtualMachineInstancePhase::Succeeded, false);
+        let p = plan(&vm("Once"), Some(&done));
+        assert_eq!(p.run_strategy, Some(RunStrategy::Halted));
+    }
+
+    #[test]
+    fn ready_condition_moves_only_on_change() {
+        let running = vmi(VirtualMachineInstancePhase::Running, true);
+        let p1 = plan(&vm("Always"), Some(&running));
+        let ready = p1
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == VirtualMachineConditionType::Ready)
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        let mut again = vm("Always");
+        again.status = Some(p1.status.clone());
+        let p2 = plan(&again, Some(&running));
+        assert_eq!(p2.status, p1.status, "a steady VM has a steady status");
+    }
+}
