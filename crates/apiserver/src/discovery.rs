@@ -46,13 +46,15 @@ pub fn group_list() -> Value {
         .into_iter()
         .filter(|g| !g.is_empty())
         .map(group_json)
+        .chain([group_json(crate::subresources::GROUP)])
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/GROUP`
 pub fn group(group: &str) -> Option<Value> {
-    groups().contains(&group).then(|| {
+    let served = groups().contains(&group) || group == crate::subresources::GROUP;
+    served.then(|| {
         let mut g = group_json(group);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
@@ -62,6 +64,9 @@ pub fn group(group: &str) -> Option<Value> {
 
 /// `/api/v1`, `/apis/GROUP/VERSION`
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if group == crate::subresources::GROUP {
+        return (version == crate::subresources::VERSION).then(crate::subresources::resource_list);
+    }
     let mut resources = Vec::new();
     for r in kinds(group, version) {
         resources.push(json!({
@@ -162,6 +167,6 @@ mod tests {
         ));
         assert!(!wants_aggregated("application/json"));
         assert!(group("nope").is_none());
-        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 2);
+        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 3);
     }
 }

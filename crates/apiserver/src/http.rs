@@ -120,6 +120,9 @@ async fn handle(
     if let Some(r) = openapi(uri) {
         return r;
     }
+    if let Some(call) = crate::subresources::route(uri.path()) {
+        return crate::subresources::serve(&state.store, user, &method, &call, &body).await;
+    }
     let endpoint = parse(uri.path()).map_err(|_| ApiError::path_not_found())?;
     let discovery_reply = |v: Option<Value>, aggregated: bool| -> Result<Response, ApiError> {
         let v = v.ok_or_else(ApiError::path_not_found)?;

@@ -14,5 +14,6 @@ pub mod pki;
 pub mod protobuf;
 pub mod resources;
 pub mod server;
+pub mod subresources;
 pub mod table;
 pub mod watch;

@@ -1,0 +1,302 @@
+//! The VM subresources (start, stop, restart) over HTTPS against the in-process API server, with
+//! no controller running: what each writes to the VM per run strategy, KubeVirt's conflicts,
+//! 404 for a missing VM, 403 for a read-only token, and the group in discovery.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use kuvirt_apiserver::pki::Role;
+use kuvirt_apiserver::server::{Running, ServerConfig, start};
+use serde_json::{Value, json};
+
+const SUB: &str = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines";
+const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+const VMIS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
+
+struct Server {
+    running: Option<Running>,
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt
+            .block_on(start(ServerConfig {
+                data_dir: dir.path().to_path_buf(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                extra_hosts: vec![],
+                history: Duration::from_secs(300),
+            }))
+            .unwrap();
+        Server {
+            running: Some(running),
+            dir,
+            _rt: rt,
+        }
+    }
+
+    fn token(&self, role: Role) -> String {
+        let running = self.running.as_ref().unwrap();
+        running.creds.token_for(role).unwrap().token.clone()
+    }
+
+    /// One request with curl: (HTTP code, body).
+    fn call(&self, role: Role, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let running = self.running.as_ref().unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(self.dir.path().join("pki/ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {}", self.token(role))])
+            .args(["-X", method]);
+        if let Some(b) = body {
+            let ct = if b.starts_with('{') {
+                "application/json"
+            } else {
+                "application/yaml"
+            };
+            cmd.args(["-H", &format!("Content-Type: {ct}"), "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("{}{path}", running.url()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    }
+
+    fn put(&self, vm: &str, verb: &str, body: Option<&str>) -> (u16, String) {
+        self.call(Role::Admin, "PUT", &format!("{SUB}/{vm}/{verb}"), body)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (code, body) = self.call(Role::Admin, "GET", path, None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn create_vm(&self, name: &str, strategy: &str) {
+        let vm = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": name},
+            "spec": {"runStrategy": strategy, "template": {"spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}}},
+        });
+        let (code, body) = self.call(Role::Admin, "POST", VMS, Some(&vm.to_string()));
+        assert_eq!(code, 201, "{body}");
+    }
+
+    /// A VMI in `phase`, as the controller and the node would leave it; returns its uid.
+    fn create_vmi(&self, name: &str, phase: &str) -> String {
+        let vmi = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": name},
+            "spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}},
+            "status": {"phase": phase},
+        });
+        let (code, body) = self.call(Role::Admin, "POST", VMIS, Some(&vmi.to_string()));
+        assert_eq!(code, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["metadata"]["uid"].as_str().unwrap().to_string()
+    }
+
+    fn vm(&self, name: &str) -> Value {
+        self.get(&format!("{VMS}/{name}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop();
+        }
+    }
+}
+
+/// Asserts a 409 Status whose message ends with `why`.
+fn conflict(reply: (u16, String), why: &str) {
+    let (code, body) = reply;
+    assert_eq!(code, 409, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["kind"], "Status");
+    assert_eq!(s["reason"], "Conflict");
+    let msg = s["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Operation cannot be fulfilled on virtualmachine.kubevirt.io"),
+        "{msg}"
+    );
+    assert!(msg.ends_with(why), "{msg}");
+}
+
+#[test]
+fn start_stop_restart_follow_the_run_strategy() {
+    let s = Server::start();
+    s.create_vm("testvm", "Halted");
+
+    // Dry run: accepted, nothing written.
+    let (code, body) = s.put("testvm", "start", Some(r#"{"dryRun":["All"]}"#));
+    assert_eq!((code, body.as_str()), (202, ""));
+    assert_eq!(s.vm("testvm")["spec"]["runStrategy"], "Halted");
+
+    // Halted + start → Always (no body at all is fine).
+    let (code, body) = s.put("testvm", "start", None);
+    assert_eq!((code, body.as_str()), (202, ""));
+    assert_eq!(s.vm("testvm")["spec"]["runStrategy"], "Always");
+    // Always without a VMI: KubeVirt refuses manual starts for the strategy.
+    conflict(
+        s.put("testvm", "start", Some("{}")),
+        "Always does not support manual start requests",
+    );
+    // With a running VMI: "already running" comes first.
+    let uid = s.create_vmi("testvm", "Running");
+    conflict(s.put("testvm", "start", None), "VM is already running");
+
+    // Always + stop → Halted; restart on Halted is refused.
+    let (code, _) = s.put("testvm", "stop", Some("gracePeriod: 5\n"));
+    assert_eq!(code, 202);
+    assert_eq!(s.vm("testvm")["spec"]["runStrategy"], "Halted");
+    let vmi = s.get(&format!("{VMIS}/testvm"));
+    assert_eq!(vmi["spec"]["terminationGracePeriodSeconds"], 5);
+    conflict(
+        s.put("testvm", "restart", None),
+        "RunStategy Halted does not support manual restart requests",
+    );
+    // Halted with a VMI still there: only a shorter grace period may hurry it.
+    conflict(
+        s.put("testvm", "stop", None),
+        "Halted only supports manual stop requests with a shorter graceperiod",
+    );
+    let (code, body) = s.put("testvm", "stop", Some(r#"{"gracePeriod":0}"#));
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        s.vm("testvm")["status"]["stateChangeRequests"],
+        json!([{"action": "Stop", "uid": uid}])
+    );
+
+    // RerunOnFailure + stop → Halted.
+    s.create_vm("rerun", "RerunOnFailure");
+    assert_eq!(s.put("rerun", "stop", None).0, 202);
+    assert_eq!(s.vm("rerun")["spec"]["runStrategy"], "Halted");
+}
+
+#[test]
+fn manual_vms_get_state_change_requests() {
+    let s = Server::start();
+    s.create_vm("manual", "Manual");
+    conflict(s.put("manual", "stop", None), "VM is not running");
+    conflict(
+        s.put("manual", "restart", None),
+        "VM is not running: Halted",
+    );
+
+    assert_eq!(s.put("manual", "start", Some(r#"{"paused":true}"#)).0, 202);
+    let vm = s.vm("manual");
+    assert_eq!(vm["spec"]["runStrategy"], "Manual");
+    assert_eq!(
+        vm["status"]["stateChangeRequests"],
+        json!([{"action": "Start", "data": {"paused": "true"}}])
+    );
+    // A second start while the first is pending: KubeVirt's internal error.
+    let (code, body) = s.put("manual", "start", None);
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("stop/start already underway"), "{body}");
+
+    // A stop replaces whatever is pending, naming the VMI it stops.
+    let uid = s.create_vmi("manual", "Running");
+    assert_eq!(s.put("manual", "stop", None).0, 202);
+    assert_eq!(
+        s.vm("manual")["status"]["stateChangeRequests"],
+        json!([{"action": "Stop", "uid": uid}])
+    );
+
+    // Restart = Stop(uid) + Start.
+    s.create_vm("manual2", "Manual");
+    let uid2 = s.create_vmi("manual2", "Running");
+    assert_eq!(s.put("manual2", "restart", Some("{}")).0, 202);
+    assert_eq!(
+        s.vm("manual2")["status"]["stateChangeRequests"],
+        json!([{"action": "Stop", "uid": uid2}, {"action": "Start"}])
+    );
+    let (code, body) = s.put("manual2", "restart", Some(r#"{"gracePeriodSeconds":3}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("only gracePeriod=0 is supported"), "{body}");
+
+    // Manual + a finished VMI: start asks to stop the old one and start anew.
+    s.create_vm("manual3", "Manual");
+    let uid3 = s.create_vmi("manual3", "Succeeded");
+    assert_eq!(s.put("manual3", "start", None).0, 202);
+    assert_eq!(
+        s.vm("manual3")["status"]["stateChangeRequests"],
+        json!([{"action": "Stop", "uid": uid3}, {"action": "Start"}])
+    );
+}
+
+#[test]
+fn errors_authorization_and_discovery() {
+    let s = Server::start();
+    for verb in ["start", "stop", "restart"] {
+        let (code, body) = s.put("nope", verb, None);
+        assert_eq!(code, 404, "{body}");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            st["message"],
+            "virtualmachine.kubevirt.io \"nope\" not found"
+        );
+    }
+    s.create_vm("testvm", "Halted");
+    let (code, body) = s.call(Role::ReadOnly, "PUT", &format!("{SUB}/testvm/start"), None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("cannot update resource \\\"virtualmachines/start\\\" in API group \\\"subresources.kubevirt.io\\\""),
+        "{body}"
+    );
+    assert_eq!(s.vm("testvm")["spec"]["runStrategy"], "Halted");
+    let (code, body) = s.call(Role::Admin, "GET", &format!("{SUB}/testvm/start"), None);
+    assert_eq!(code, 405, "{body}");
+    let (code, body) = s.put("testvm", "start", Some("{not json"));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("Can not unmarshal Request body to struct"),
+        "{body}"
+    );
+    let (code, _) = s.put("testvm", "migrate-nowhere", None);
+    assert_eq!(code, 404);
+
+    let groups = s.get("/apis");
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"subresources.kubevirt.io"), "{groups}");
+    let group = s.get("/apis/subresources.kubevirt.io");
+    assert_eq!(
+        group["preferredVersion"]["groupVersion"],
+        "subresources.kubevirt.io/v1"
+    );
+    let list = s.get("/apis/subresources.kubevirt.io/v1");
+    assert_eq!(list["kind"], "APIResourceList");
+    let resources = list["resources"].as_array().unwrap();
+    for (r, name) in resources.iter().zip([
+        "virtualmachines/start",
+        "virtualmachines/stop",
+        "virtualmachines/restart",
+    ]) {
+        assert_eq!(r["name"], name);
+        assert_eq!(r["verbs"], json!(["update"]));
+        assert_eq!(r["namespaced"], true);
+        assert_eq!(r["kind"], "");
+    }
+    // Not part of kubevirt.io's own resources.
+    let kv = s.get("/apis/kubevirt.io/v1");
+    assert!(!kv.to_string().contains("virtualmachines/start"));
+}
