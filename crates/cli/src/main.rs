@@ -273,9 +273,13 @@ async fn server(
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controllers = tokio::spawn(kuvirt_controller::run(client, async move {
-        let _ = stop_rx.await;
-    }));
+    let controllers = tokio::spawn(kuvirt_controller::run(
+        client,
+        kuvirt_controller::Options::default(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

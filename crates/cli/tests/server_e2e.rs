@@ -55,8 +55,11 @@ impl Server {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not listen");
+        // Listening comes first, the kubeconfig right after: wait for both.
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || !self.dir.join("kubeconfig").exists()
+        {
+            assert!(Instant::now() < deadline, "server did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -314,10 +317,11 @@ async fn vm_controller_follows_the_run_strategy() {
     assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
     assert_eq!(first.metadata.labels.as_ref().unwrap()["app"], "ctl");
-    until("Starting", async || {
+    // No node can take it in this test: starting, then unschedulable.
+    until("Starting or ErrorUnschedulable", async || {
         let v = vms.get("ctl").await.unwrap();
         let s = v.status?.printable_status?;
-        (s.as_str() == "Starting").then_some(())
+        matches!(s.as_str(), "Starting" | "ErrorUnschedulable").then_some(())
     })
     .await;
 
@@ -354,4 +358,93 @@ async fn vm_controller_follows_the_run_strategy() {
         vmis.get_opt("ctl").await.unwrap().is_none().then_some(())
     })
     .await;
+}
+
+/// The VMI controller inside `kuvirt server`: a new VMI gets a launcher pod; with no node it is
+/// unschedulable (the VM says ErrorUnschedulable); a Ready node with room gets the pod; once the
+/// pod runs (the node agent reports that; here the test writes it) the VMI is Scheduled there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmi_controller_renders_places_and_hands_over() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Patch, PatchParams};
+    use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 300);
+    let client = server.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client);
+    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "placed"},
+        "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"devices": {}, "memory": {"guest": "256Mi"}}}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let vmi = until("a VMI", async || vmis.get_opt("placed").await.unwrap()).await;
+    let uid = vmi.metadata.uid.clone().unwrap();
+    let pod = until("a launcher pod", async || {
+        let l = pods
+            .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
+            .await
+            .unwrap();
+        l.items.into_iter().next()
+    })
+    .await;
+    let pod_name = pod.metadata.name.clone().unwrap();
+    assert!(pod_name.starts_with("virt-launcher-placed-"), "{pod_name}");
+    until("ErrorUnschedulable", async || {
+        let s = vms.get("placed").await.unwrap().status?.printable_status?;
+        (s.as_str() == "ErrorUnschedulable").then_some(())
+    })
+    .await;
+
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n1", "labels": {"kubevirt.io/schedulable": "true"}},
+        "status": {"allocatable": {"memory": "4Gi", "cpu": "2"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap();
+    // Like a node agent: create the Node, then report its status through /status.
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": node.status})),
+        )
+        .await
+        .unwrap();
+    until("the pod bound to n1", async || {
+        let p = pods.get(&pod_name).await.unwrap();
+        (p.spec?.node_name.as_deref() == Some("n1")).then_some(())
+    })
+    .await;
+    // What the node agent does once the launcher runs.
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    let scheduled = until("Scheduled", async || {
+        let v = vmis.get("placed").await.unwrap();
+        let s = v.status?;
+        (s.phase.as_ref()?.as_str() == "Scheduled").then_some(s)
+    })
+    .await;
+    assert_eq!(scheduled.node_name.as_deref(), Some("n1"));
 }

@@ -1,12 +1,16 @@
 //! kuvirt's cluster-wide controllers, on kube-runtime: they talk to the API server only through
 //! kube-rs, so they run the same against `kuvirt server` and a real cluster.
 
+pub mod pod;
+pub mod schedule;
 pub mod vm;
+pub mod vmi;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -19,24 +23,86 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The image launcher pods run.
+    pub launcher_image: String,
+    /// Place launcher pods ourselves (embedded mode has no kube-scheduler).
+    pub schedule: bool,
+    /// Memory overcommit for placement, in percent.
+    pub memory_overcommit: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            launcher_image: "kuvirt".into(),
+            schedule: true,
+            memory_overcommit: 100,
+        }
+    }
+}
+
 /// Runs every controller until `shutdown` resolves.
 pub async fn run(
     client: kube::Client,
+    opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let vm_stop = stop(&tx);
+    let vmi_stop = stop(&tx);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
-    let ctx = Arc::new(vm::Context { client });
-    Controller::new(vms, watcher::Config::default())
-        .owns(vmis, watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(vm::reconcile, error_policy, ctx)
+    let pods: Api<Pod> = Api::all(client.clone());
+    let vm_ctx = Arc::new(vm::Context {
+        client: client.clone(),
+    });
+    let vm_controller = Controller::new(vms, watcher::Config::default())
+        .owns(vmis.clone(), watcher::Config::default())
+        .graceful_shutdown_on(vm_stop)
+        .run(vm::reconcile, error_policy, vm_ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "vm controller");
             }
-        })
-        .await;
+        });
+    let vmi_ctx = Arc::new(vmi::Context {
+        client,
+        launcher_image: opts.launcher_image,
+        schedule: opts.schedule,
+        memory_overcommit: opts.memory_overcommit,
+    });
+    let vmi_controller = Controller::new(vmis, watcher::Config::default())
+        .owns(pods, watcher::Config::default())
+        .graceful_shutdown_on(vmi_stop)
+        .run(vmi::reconcile, vmi_error_policy, vmi_ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "vmi controller");
+            }
+        });
+    tokio::join!(vm_controller, vmi_controller);
+}
+
+fn vmi_error_policy(
+    _vmi: Arc<VirtualMachineInstance>,
+    err: &Error,
+    _ctx: Arc<vmi::Context>,
+) -> Action {
+    tracing::warn!(error = %err, "vmi reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
 }
 
 fn error_policy(_vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<vm::Context>) -> Action {

@@ -56,6 +56,18 @@ fn vmi_condition(vmi: &VirtualMachineInstance, t: &VirtualMachineInstanceConditi
         .is_some_and(|c| c.status == "True")
 }
 
+/// The VMI's pod cannot be placed (PodScheduled False, Unschedulable).
+fn unschedulable(vmi: &VirtualMachineInstance) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_.as_str() == "PodScheduled")
+        })
+        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+}
+
 /// Decides what to do. `vmi` is the VM's VMI (same name, owned by it), if one exists.
 pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
     let strategy = vm.spec.effective_run_strategy();
@@ -147,6 +159,7 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
         match vmi.map(|v| (v, phase(v))) {
             None if action == VmiAction::Start => VirtualMachinePrintableStatus::Starting,
             None => VirtualMachinePrintableStatus::Stopped,
+            Some((v, _)) if unschedulable(v) => VirtualMachinePrintableStatus::ErrorUnschedulable,
             Some((_, Some(VirtualMachineInstancePhase::Running))) if paused => {
                 VirtualMachinePrintableStatus::Paused
             }

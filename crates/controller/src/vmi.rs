@@ -1,0 +1,245 @@
+//! The VirtualMachineInstance controller: renders the launcher pod for a new VMI, places it
+//! (embedded mode schedules itself; a cluster has kube-scheduler), and moves the VMI through
+//! Pending → Scheduling → Scheduled, handing it to the node agent once its pod runs. A launcher pod
+//! that vanishes or fails fails its VMI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kuvirt_api::VirtualMachineInstance;
+use kuvirt_api::v1::VirtualMachineInstancePhase as Phase;
+use serde_json::json;
+
+use crate::Error;
+use crate::pod::{CREATED_BY, render};
+use crate::schedule::pick;
+
+/// Shared by every VMI reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    /// The image launcher pods run (embedded mode ignores it and runs `kuvirt launcher`).
+    pub launcher_image: String,
+    /// Bind pods to nodes ourselves (embedded mode: there is no kube-scheduler).
+    pub schedule: bool,
+    /// Memory overcommit for placement, in percent.
+    pub memory_overcommit: u64,
+}
+
+fn phase(vmi: &VirtualMachineInstance) -> Option<&Phase> {
+    vmi.status.as_ref().and_then(|s| s.phase.as_ref())
+}
+
+async fn set_status(
+    api: &Api<VirtualMachineInstance>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    // VMIs have no status subresource in KubeVirt: the status is written with the object.
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn reconcile(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = vmi
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mine = pods
+        .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
+        .await?
+        .items;
+    let done = matches!(phase(&vmi), Some(Phase::Succeeded | Phase::Failed));
+    if vmi.metadata.deletion_timestamp.is_some() || done {
+        // The VM is over: its pod goes (the node agent has stopped QEMU by then).
+        for p in &mine {
+            if p.metadata.deletion_timestamp.is_none()
+                && let Some(pn) = &p.metadata.name
+            {
+                let _ = pods.delete(pn, &DeleteParams::default()).await;
+            }
+        }
+        return Ok(Action::await_change());
+    }
+    let Some(pod) = mine.first() else {
+        return match phase(&vmi) {
+            None | Some(Phase::Pending) => {
+                let rendered = match render(&vmi, &ctx.launcher_image) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        set_status(
+                            &vmis,
+                            &name,
+                            json!({"phase": "Failed", "reason": e.to_string()}),
+                        )
+                        .await?;
+                        return Ok(Action::await_change());
+                    }
+                };
+                pods.create(&PostParams::default(), &rendered).await?;
+                set_status(
+                    &vmis,
+                    &name,
+                    json!({
+                        "phase": "Scheduling",
+                        "phaseTransitionTimestamps": transition(&vmi, "Scheduling"),
+                    }),
+                )
+                .await?;
+                Ok(Action::requeue(Duration::from_secs(5)))
+            }
+            _ => {
+                // The launcher pod vanished under a VMI that was placed: the VM is gone.
+                set_status(
+                    &vmis,
+                    &name,
+                    json!({"phase": "Failed", "reason": "PodGone"}),
+                )
+                .await?;
+                Ok(Action::await_change())
+            }
+        };
+    };
+    let pod_phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    match (node, pod_phase.as_str()) {
+        (None, _) if ctx.schedule => {
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            let nodes = nodes.list(&ListParams::default()).await?.items;
+            let all_pods: Api<Pod> = Api::all(ctx.client.clone());
+            let placed = all_pods.list(&ListParams::default()).await?.items;
+            let pod_name = pod.metadata.name.clone().unwrap_or_default();
+            match pick(pod, &nodes, &placed, ctx.memory_overcommit) {
+                Ok(n) => {
+                    pods.patch(
+                        &pod_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"nodeName": n}})),
+                    )
+                    .await?;
+                    set_status(
+                        &vmis,
+                        &name,
+                        json!({"conditions": conditions(&vmi, "PodScheduled", "True", "", "")}),
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    let c = conditions(
+                        &vmi,
+                        "PodScheduled",
+                        "False",
+                        "Unschedulable",
+                        &e.to_string(),
+                    );
+                    set_status(&vmis, &name, json!({ "conditions": c })).await?;
+                    return Ok(Action::requeue(Duration::from_secs(5)));
+                }
+            }
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+        (Some(n), "Running")
+            if matches!(phase(&vmi), None | Some(Phase::Pending | Phase::Scheduling)) =>
+        {
+            set_status(
+                &vmis,
+                &name,
+                json!({
+                    "phase": "Scheduled",
+                    "nodeName": n,
+                    "phaseTransitionTimestamps": transition(&vmi, "Scheduled"),
+                }),
+            )
+            .await?;
+            Ok(Action::await_change())
+        }
+        (_, "Failed" | "Succeeded") => {
+            set_status(
+                &vmis,
+                &name,
+                json!({"phase": "Failed", "reason": format!("launcher pod {pod_phase}")}),
+            )
+            .await?;
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::requeue(Duration::from_secs(30))),
+    }
+}
+
+/// The VMI's phase transition timestamps with `phase` entered now.
+fn transition(vmi: &VirtualMachineInstance, phase: &str) -> serde_json::Value {
+    let mut list = serde_json::to_value(
+        vmi.status
+            .as_ref()
+            .map(|s| s.phase_transition_timestamps.clone())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|_| json!([]));
+    if let Some(a) = list.as_array_mut() {
+        a.push(json!({"phase": phase, "phaseTransitionTimestamp": now()}));
+    }
+    list
+}
+
+fn now() -> String {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    t.round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or(t)
+        .to_string()
+}
+
+/// The VMI's conditions with `type_` set (transition time kept when the status is unchanged).
+fn conditions(
+    vmi: &VirtualMachineInstance,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> serde_json::Value {
+    let old = vmi
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut found = false;
+    for c in &old {
+        let mut v = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
+        if c.type_.as_str() == type_ {
+            found = true;
+            if c.status != status {
+                v["lastTransitionTime"] = json!(now());
+            }
+            v["status"] = json!(status);
+            v["reason"] = json!(reason);
+            v["message"] = json!(message);
+        }
+        out.push(v);
+    }
+    if !found {
+        out.push(
+            json!({"type": type_, "status": status, "reason": reason, "message": message,
+                        "lastTransitionTime": now(), "lastProbeTime": null}),
+        );
+    }
+    json!(out)
+}
