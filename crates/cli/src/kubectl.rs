@@ -2,7 +2,7 @@
 //! any Kubernetes API server, printing what kubectl users expect.
 
 mod apply;
-mod client;
+pub(crate) mod client;
 mod delete;
 mod discovery;
 mod get;

@@ -4,6 +4,7 @@ mod console;
 mod kubectl;
 mod manifest;
 mod run;
+mod verbs;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,12 @@ enum Command {
     Apply(kubectl::ApplyArgs),
     /// Delete objects by type and name, selector or file, and wait until they are gone.
     Delete(kubectl::DeleteArgs),
+    /// Start a VirtualMachine (its `start` subresource, like virtctl start).
+    Start(verbs::StartArgs),
+    /// Stop a VirtualMachine (its `stop` subresource, like virtctl stop).
+    Stop(verbs::StopArgs),
+    /// Restart a VirtualMachine: a new VMI replaces the running one (like virtctl restart).
+    Restart(verbs::RestartArgs),
     /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
     Ctl {
         /// The VM's directory (holding launcher.sock).
@@ -148,6 +155,9 @@ async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Get(args) => kubectl::get(args).await,
         Command::Apply(args) => kubectl::apply(args).await,
         Command::Delete(args) => kubectl::delete(args).await,
+        Command::Start(args) => verbs::start(args).await,
+        Command::Stop(args) => verbs::stop(args).await,
+        Command::Restart(args) => verbs::restart(args).await,
         Command::Server {
             data_dir,
             listen,

@@ -36,7 +36,8 @@ impl Server {
             .unwrap();
         let s = Server { child, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // The server listens before its kubeconfig is written: wait for both.
+        while TcpStream::connect(("127.0.0.1", port)).is_err() || !s.kubeconfig().exists() {
             assert!(Instant::now() < deadline, "server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -238,4 +239,80 @@ fn apply_get_delete_the_example_vm() {
         "namespace \"demo\" deleted\n"
     );
     s.fails(&["get", "namespace", "demo"]);
+}
+
+/// Polls `kuvirt get vmi NAME -o json` until `done` holds for its result (None: no such VMI).
+fn wait_vmi(s: &Server, name: &str, what: &str, done: impl Fn(Option<&serde_json::Value>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = s.kuvirt(&["get", "vmi", name, "-o", "json"]);
+        let vmi: Option<serde_json::Value> = out
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap());
+        if done(vmi.as_ref()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn start_stop_restart_through_the_controller() {
+    let s = Server::start();
+    let vm = example_vm(s.dir.path());
+    let halted = std::fs::read_to_string(&vm)
+        .unwrap()
+        .replace("runStrategy: Always", "runStrategy: Halted");
+    std::fs::write(&vm, halted).unwrap();
+    s.ok(&["apply", "-f", vm.to_str().unwrap()]);
+
+    let err = s.fails(&["restart", "testvm"]);
+    assert_eq!(
+        err,
+        "Error from server (Conflict): Operation cannot be fulfilled on virtualmachine.kubevirt.io \"testvm\": RunStategy Halted does not support manual restart requests"
+    );
+    assert_eq!(
+        s.ok(&["start", "testvm"]),
+        "VM testvm was scheduled to start\n"
+    );
+    let uid = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v["metadata"]["uid"].as_str())
+            .map(str::to_string)
+    };
+    wait_vmi(&s, "testvm", "the VMI to appear", |v| v.is_some());
+    let first = {
+        let out = s.ok(&["get", "vmi", "testvm", "-o", "json"]);
+        uid(Some(&serde_json::from_str(&out).unwrap())).unwrap()
+    };
+    let err = s.fails(&["start", "testvm"]);
+    assert!(err.starts_with("Error from server (Conflict): "), "{err}");
+
+    assert_eq!(
+        s.ok(&["restart", "testvm"]),
+        "VM testvm was scheduled to restart\n"
+    );
+    wait_vmi(&s, "testvm", "a new VMI", |v| {
+        uid(v).is_some_and(|u| u != first)
+    });
+
+    let err = s.fails(&["stop", "testvm", "--force"]);
+    assert_eq!(
+        err,
+        "error: Must both use --force=true and set --grace-period."
+    );
+    assert_eq!(
+        s.ok(&["stop", "testvm"]),
+        "VM testvm was scheduled to stop\n"
+    );
+    wait_vmi(&s, "testvm", "the VMI to go away", |v| v.is_none());
+    let yaml = s.ok(&["get", "vm", "testvm", "-o", "yaml"]);
+    assert!(yaml.contains("runStrategy: Halted"), "{yaml}");
+
+    let err = s.fails(&["start", "nope", "-n", "default"]);
+    assert_eq!(
+        err,
+        "Error from server (NotFound): virtualmachine.kubevirt.io \"nope\" not found"
+    );
 }

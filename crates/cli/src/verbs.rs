@@ -1,0 +1,136 @@
+//! `kuvirt start|stop|restart`: virtctl's VM lifecycle verbs, each one PUT to KubeVirt's
+//! subresource (`/apis/subresources.kubevirt.io/v1/namespaces/NS/virtualmachines/NAME/VERB`)
+//! through kube-rs, printing what virtctl prints.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+
+use crate::kubectl::{ClientArgs, client, error_line};
+
+/// `kuvirt start NAME [--paused]`
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// The VirtualMachine.
+    name: String,
+    /// Start the VM paused.
+    #[arg(long)]
+    paused: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `kuvirt stop NAME [--grace-period N --force]`
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// The VirtualMachine.
+    name: String,
+    /// Seconds the guest gets to shut down (only with --force).
+    #[arg(long)]
+    grace_period: Option<i64>,
+    /// Stop with the given --grace-period instead of the VM's own.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// `kuvirt restart NAME [--grace-period 0 --force]`
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// The VirtualMachine.
+    name: String,
+    /// With --force: 0 deletes the VM's launcher at once.
+    #[arg(long)]
+    grace_period: Option<i64>,
+    /// Restart with the given --grace-period.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// virtctl's rule: --force and --grace-period go together.
+fn forced(force: bool, grace_period: Option<i64>) -> Result<Option<i64>> {
+    if force != grace_period.is_some() {
+        bail!("Must both use --force=true and set --grace-period.");
+    }
+    Ok(grace_period)
+}
+
+/// PUTs `body` to the VM's `verb` subresource and prints virtctl's line.
+async fn call(client: &ClientArgs, name: &str, verb: &str, body: Value) -> Result<()> {
+    let session = client::connect(client).await?;
+    let path = format!(
+        "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines",
+        session.namespace
+    );
+    let req = kube::core::Request::new(path).replace_subresource(
+        verb,
+        name,
+        &PostParams::default(),
+        serde_json::to_vec(&body)?,
+    )?;
+    session.client.request_text(req).await?;
+    println!("VM {name} was scheduled to {verb}");
+    Ok(())
+}
+
+/// Runs a verb; an error is one line on stderr and exit code 1.
+async fn run(work: impl Future<Output = Result<()>>) -> Result<i32> {
+    match work.await {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            eprintln!("{}", error_line(&e));
+            Ok(1)
+        }
+    }
+}
+
+pub async fn start(args: StartArgs) -> Result<i32> {
+    run(async {
+        let body = if args.paused {
+            json!({ "paused": true })
+        } else {
+            json!({})
+        };
+        call(&args.client, &args.name, "start", body).await
+    })
+    .await
+}
+
+pub async fn stop(args: StopArgs) -> Result<i32> {
+    run(async {
+        let body = match forced(args.force, args.grace_period)? {
+            Some(g) => json!({ "gracePeriod": g }),
+            None => json!({}),
+        };
+        call(&args.client, &args.name, "stop", body).await
+    })
+    .await
+}
+
+pub async fn restart(args: RestartArgs) -> Result<i32> {
+    run(async {
+        let body = match forced(args.force, args.grace_period)? {
+            Some(g) => json!({ "gracePeriodSeconds": g }),
+            None => json!({}),
+        };
+        call(&args.client, &args.name, "restart", body).await
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn force_and_grace_period_go_together() {
+        assert!(forced(true, None).is_err());
+        assert!(forced(false, Some(3)).is_err());
+        assert_eq!(forced(true, Some(0)).unwrap(), Some(0));
+        assert_eq!(forced(false, None).unwrap(), None);
+    }
+}
