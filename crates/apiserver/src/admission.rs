@@ -117,12 +117,8 @@ pub fn namespace(obj: &mut Value) -> Result<(), AdmitError> {
         if status.phase.is_none() {
             status.phase = Some("Active".into());
         }
-        // The namespace lifecycle's finalizer, set once at creation; the lifecycle empties the
-        // list when the namespace's contents are gone.
-        let spec = ns.spec.get_or_insert_with(Default::default);
-        if spec.finalizers.is_none() {
-            spec.finalizers = Some(vec!["kubernetes".into()]);
-        }
+        // spec.finalizers belongs to the namespace lifecycle (objects.rs sets it at creation and
+        // lets only /finalize change it).
         Ok(())
     })
 }

@@ -89,6 +89,12 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Credentials before the body: nobody without a token makes the server buffer anything.
+    if let Err(e) = authenticate(&state, &headers) {
+        // Take in a little of the body so a small request gets its answer, not a reset.
+        let _ = axum::body::to_bytes(body, 64 * 1024).await;
+        return e.into_response();
+    }
     // Read somewhat past the limit so a client that sends a little too much gets its 413 instead
     // of a reset connection; far larger bodies are cut off.
     let body = match axum::body::to_bytes(body, 4 * MAX_BODY).await {
@@ -182,6 +188,19 @@ fn verb(
     q: &HashMap<String, String>,
 ) -> Result<&'static str, ApiError> {
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {method}"
+        ))
+    };
+    // Subresources are read and written, never created or deleted; a namespaced kind's
+    // cluster-wide path only lists and watches.
+    if t.subresource.is_some() && !matches!(*method, Method::GET | Method::PUT | Method::PATCH) {
+        return Err(not_allowed());
+    }
+    if t.rt.namespaced && t.namespace.is_empty() && !(*method == Method::GET && t.name.is_none()) {
+        return Err(not_allowed());
+    }
     Ok(match (method, t.name.is_some()) {
         (&Method::GET, false) if watch => "watch",
         (&Method::GET, false) => "list",

@@ -192,7 +192,7 @@ pub async fn list(
     let mut revision = None;
     loop {
         let page = store
-            .list(&t.rt.store_key(), ns, after.as_ref(), want.min(1000))
+            .list(&t.rt.store_key(), ns, after.as_ref(), want)
             .await?;
         revision.get_or_insert(page.revision);
         let last = page.items.last().map(|o| o.key.clone());
@@ -350,6 +350,10 @@ pub async fn create(
         m.insert("creationTimestamp".into(), json!(meta::now()));
         m.insert("generation".into(), json!(1));
     }
+    if rt.kind == "Namespace" {
+        // The namespace lifecycle's finalizer is the server's, not the client's.
+        set_spec_finalizers(&mut obj, json!(["kubernetes"]));
+    }
     if rt.status
         && rt.kind != "Namespace"
         && let Some(o) = obj.as_object_mut()
@@ -383,9 +387,47 @@ pub enum Part {
     Status,
 }
 
+/// Sets a namespace's `spec.finalizers` (a `spec` that is not an object is left for admission
+/// to refuse).
+fn set_spec_finalizers(obj: &mut Value, finalizers: Value) {
+    if let Some(o) = obj.as_object_mut()
+        && let Some(spec) = o.entry("spec").or_insert_with(|| json!({})).as_object_mut()
+    {
+        spec.insert("finalizers".into(), finalizers);
+    }
+}
+
+/// How often an unconditional write is retried when another write wins the race.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
 /// Replaces an object (PUT, and the tail of PATCH). `expected` is the resourceVersion the write is
-/// conditional on (the body's, or the one a patch was computed against).
+/// conditional on; without one, a concurrent write only makes it try again, as Kubernetes does.
 pub async fn update(
+    store: &Store,
+    t: &Target,
+    name: &str,
+    obj: Value,
+    part: Part,
+    expected: Option<u64>,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
+    let mut attempt = 0;
+    loop {
+        match update_once(store, t, name, obj.clone(), part, expected, opts).await {
+            Err(e)
+                if expected.is_none()
+                    && e.reason == "Conflict"
+                    && attempt < UNCONDITIONAL_RETRIES =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`update`].
+async fn update_once(
     store: &Store,
     t: &Target,
     name: &str,
@@ -413,6 +455,13 @@ pub async fn update(
     let old = decode(&current.value)?;
     let mut new = match part {
         Part::Main => {
+            if rt.kind == "Namespace" && t.subresource.as_deref() != Some("finalize") {
+                let kept = old
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or_else(|| json!([]));
+                set_spec_finalizers(&mut obj, kept);
+            }
             if rt.status
                 && let Some(o) = obj.as_object_mut()
             {
@@ -473,6 +522,9 @@ pub async fn update(
             ));
         }
     }
+    // Status writes are admitted too: a malformed status must not make the object unwritable.
+    admit(rt, name, &mut new, opts)?;
+    // After defaulting, so a re-sent unchanged spec does not look like a change.
     let generation = old
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
@@ -482,9 +534,6 @@ pub async fn update(
         "generation".into(),
         json!(if bump { generation + 1 } else { generation }),
     );
-    if part == Part::Main {
-        admit(rt, name, &mut new, opts)?;
-    }
     let sub = if part == Part::Status { "status" } else { "" };
     manage(rt, Some(&old), &mut new, opts, sub)?;
     if opts.dry_run {
@@ -569,7 +618,31 @@ impl DeleteOptions {
 
 /// Deletes an object: at once when nothing holds it, else marks it deleting and lets finalizers
 /// (and foreground deletion of dependents) finish the job.
+/// A concurrent write makes it try again unless the caller pinned a resourceVersion.
 pub async fn delete(
+    store: &Store,
+    t: &Target,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Value, ApiError> {
+    let mut attempt = 0;
+    loop {
+        match delete_once(store, t, name, opts).await {
+            Err(e)
+                if opts.precondition_rv.is_none()
+                    && e.reason == "Conflict"
+                    && !e.message.starts_with("Precondition failed")
+                    && attempt < UNCONDITIONAL_RETRIES =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt of [`delete`].
+async fn delete_once(
     store: &Store,
     t: &Target,
     name: &str,
@@ -684,6 +757,38 @@ async fn remove(
     decode(&deleted.value)
 }
 
+/// Whether every owner `obj` names is really gone: looked up by kind and name (an owner of a kind
+/// this server does not serve is never taken as gone) and compared by uid.
+async fn owners_gone(store: &Store, obj: &Value) -> Result<bool, ApiError> {
+    let refs = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in refs {
+        let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
+        let (Some(rt), Some(name)) = (
+            crate::resources::by_kind(api_version, kind),
+            r.get("name").and_then(Value::as_str),
+        ) else {
+            return Ok(false);
+        };
+        let ns = if rt.namespaced {
+            meta::meta_str(obj, "namespace").unwrap_or_default()
+        } else {
+            ""
+        };
+        if let Some(owner) = store.get(&Key::new(rt.store_key(), ns, name)).await? {
+            let owner = decode(&owner.value)?;
+            if meta::uid(&owner) == r.get("uid").and_then(Value::as_str) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Objects anywhere whose ownerReferences name `uid`, with their kinds.
 async fn dependents(
     store: &Store,
@@ -721,28 +826,39 @@ async fn orphan_dependents(store: &Store, owner: &Value) -> Result<(), ApiError>
     let Some(uid) = meta::uid(owner) else {
         return Ok(());
     };
-    for (rt, mut dep) in dependents(store, uid).await? {
-        let t = target_of(rt, &dep);
-        let Some(name) = t.name.clone() else { continue };
-        let m = meta_mut(&mut dep);
-        if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
-            refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
-            if refs.is_empty() {
-                m.remove("ownerReferences");
+    for (rt, dep) in dependents(store, uid).await? {
+        let mut t = target_of(rt, &dep);
+        let Some(name) = t.name.take() else { continue };
+        // Orphaning must not fail quietly (the GC would then delete the dependent): retry when
+        // the dependent changes underneath, and fail the delete otherwise.
+        let mut attempt = 0;
+        loop {
+            let mut current = get(store, &t, &name).await?;
+            let m = meta_mut(&mut current);
+            if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
+                refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                if refs.is_empty() {
+                    m.remove("ownerReferences");
+                }
+            }
+            let rv = meta::resource_version(&current);
+            match update(
+                store,
+                &t,
+                &name,
+                current,
+                Part::Main,
+                rv,
+                &WriteOptions::default(),
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e) if e.code == 409 && attempt < 5 => attempt += 1,
+                Err(e) if e.code == 404 => break,
+                Err(e) => return Err(e),
             }
         }
-        let rv = meta::resource_version(&dep);
-        // A dependent that changed meanwhile is retried by the next GC pass.
-        let _ = update(
-            store,
-            &t,
-            &name,
-            dep,
-            Part::Main,
-            rv,
-            &WriteOptions::default(),
-        )
-        .await;
     }
     Ok(())
 }
@@ -772,10 +888,21 @@ pub async fn collect_garbage(store: &Store) -> Result<usize, ApiError> {
         let t = target_of(rt, v);
         let Some(name) = t.name.clone() else { continue };
         let owners = meta::owner_uids(v);
-        // Background GC: every owner is gone.
-        if !owners.is_empty() && owners.iter().all(|u| !uids.contains(u)) && !meta::is_deleting(v) {
-            let _ = delete(store, &t, &name, &DeleteOptions::default()).await;
-            changed += 1;
+        // Background GC: every owner is gone — confirmed one by one, since the lists above are
+        // separate snapshots and an owner may have been created after its kind was listed.
+        if !owners.is_empty()
+            && owners.iter().all(|u| !uids.contains(u))
+            && !meta::is_deleting(v)
+            && owners_gone(store, v).await?
+        {
+            let opts = DeleteOptions {
+                precondition_uid: meta::uid(v).map(String::from),
+                precondition_rv: meta::resource_version(v),
+                ..DeleteOptions::default()
+            };
+            if delete(store, &t, &name, &opts).await.is_ok() {
+                changed += 1;
+            }
             continue;
         }
         if !meta::is_deleting(v) {
@@ -797,7 +924,7 @@ pub async fn collect_garbage(store: &Store) -> Result<usize, ApiError> {
                 let mut obj = v.clone();
                 meta::set_finalizers(&mut obj, &rest);
                 let rv = meta::resource_version(v);
-                let _ = update(
+                if update(
                     store,
                     &t,
                     &name,
@@ -806,8 +933,11 @@ pub async fn collect_garbage(store: &Store) -> Result<usize, ApiError> {
                     rv,
                     &WriteOptions::default(),
                 )
-                .await;
-                changed += 1;
+                .await
+                .is_ok()
+                {
+                    changed += 1;
+                }
             } else {
                 for (drt, d) in deps {
                     if !meta::is_deleting(d) {
@@ -851,17 +981,25 @@ pub async fn collect_garbage(store: &Store) -> Result<usize, ApiError> {
                     spec.insert("finalizers".into(), json!([]));
                 }
                 let rv = meta::resource_version(v);
-                let _ = update(
+                // Only the finalize subresource may change a namespace's spec.finalizers.
+                let finalize = Target {
+                    subresource: Some("finalize".into()),
+                    ..target_of(rt, v)
+                };
+                if update(
                     store,
-                    &t,
+                    &finalize,
                     &name,
                     obj,
                     Part::Main,
                     rv,
                     &WriteOptions::default(),
                 )
-                .await;
-                changed += 1;
+                .await
+                .is_ok()
+                {
+                    changed += 1;
+                }
             }
         }
     }

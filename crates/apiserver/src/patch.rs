@@ -119,6 +119,8 @@ async fn server_side_apply(
             ..wo.clone()
         };
         let result = match &live {
+            // Applying to /status needs the object to exist.
+            None if part == Part::Status => return Err(ApiError::not_found(t.rt, name)),
             None => {
                 if let Some(m) = merged
                     .pointer_mut("/metadata")

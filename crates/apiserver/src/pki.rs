@@ -186,7 +186,9 @@ fn ca(pki: &Path) -> Result<(CertificateParams, KeyPair, String), PkiError> {
     let kp = KeyPair::generate()?;
     let cert = ca_params().self_signed(&kp)?;
     write_private(&key, kp.serialize_pem().as_bytes())?;
-    fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    write_private(&crt, cert.pem().as_bytes())?;
+    // A new CA invalidates any serving certificate signed by an old one.
+    let _ = fs::remove_file(pki.join("server.names"));
     Ok((ca_params(), kp, cert.pem()))
 }
 

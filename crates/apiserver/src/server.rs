@@ -2,6 +2,7 @@
 //! garbage collection and compaction, and HTTPS (HTTP/2 and HTTP/1.1) on the listen address.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,15 +80,27 @@ impl Running {
 
 /// Opens everything and starts serving.
 pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::DataDir {
+    // The store holds Secrets: only root reads the data directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .map_err(|e| ServerError::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source: e,
+        })?;
+    let db = cfg.data_dir.join("store.redb");
+    use std::os::unix::fs::PermissionsExt;
+    let private = std::fs::Permissions::from_mode(0o700);
+    std::fs::set_permissions(&cfg.data_dir, private).map_err(|e| ServerError::DataDir {
         path: cfg.data_dir.display().to_string(),
         source: e,
     })?;
-    let db = cfg.data_dir.join("store.redb");
     let store = Store::open(&db).map_err(|e| ServerError::Store {
         path: db.display().to_string(),
         source: e,
     })?;
+    let _ = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Listen {
@@ -116,13 +129,22 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());
     let serve = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let acceptor = acceptor.clone();
             let app = app.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                // A client that never finishes its handshake does not keep a task forever.
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
                     return;
                 };
                 let service = TowerToHyperService::new(app);
@@ -135,6 +157,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
     let gc_store = store.clone();
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             // Passes until nothing changes: one deletion can enable the next.

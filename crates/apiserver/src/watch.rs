@@ -39,10 +39,14 @@ pub async fn serve(
     let bookmarks = q
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true" || v == "1");
+    // 0 or absent means the server's default; anything longer is capped to it.
     let timeout = q
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
-        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        .filter(|t| *t > 0)
+        .map_or(DEFAULT_TIMEOUT, |t| {
+            Duration::from_secs(t).min(DEFAULT_TIMEOUT)
+        });
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let q = q.clone();
     // Without a resourceVersion, the client first gets the current objects as ADDED events.
