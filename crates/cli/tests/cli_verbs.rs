@@ -203,7 +203,8 @@ fn apply_get_delete_the_example_vm() {
         "error: the server doesn't have a resource type \"nosuchthing\""
     );
 
-    let out = s.kuvirt(&["get", "vmi"]);
+    // Nothing of this kind exists: kubectl's message on stderr.
+    let out = s.kuvirt(&["get", "vmim"]);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
