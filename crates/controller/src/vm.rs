@@ -33,8 +33,11 @@ pub enum VmiAction {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub action: VmiAction,
-    /// Set `spec.runStrategy` (a `Once` VM whose run is over becomes `Halted`).
+    /// Set `spec.runStrategy` (a `Once` VM whose run is over becomes `Halted`; a paused start of a
+    /// `Halted` VM makes it `Always`).
     pub run_strategy: Option<RunStrategy>,
+    /// Start the new VMI with its vCPUs paused (`virtctl start --paused`).
+    pub start_paused: bool,
     pub status: VirtualMachineStatus,
 }
 
@@ -78,6 +81,8 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
 
     // State change requests first (the start/stop/restart subresources write them).
     let mut action = VmiAction::None;
+    let mut run_strategy = None;
+    let mut start_paused = false;
     let mut requests = old.state_change_requests.clone();
     if let Some(first) = requests.first().cloned() {
         match (&first.action, vmi) {
@@ -98,6 +103,11 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
             }
             (StateChangeRequestAction::Start, None) if !deleting_vm => {
                 action = VmiAction::Start;
+                start_paused = first.data.get("paused").is_some_and(|p| p == "true");
+                // The start subresource leaves a paused start of a Halted VM to us.
+                if strategy == RunStrategy::Halted {
+                    run_strategy = Some(RunStrategy::Always);
+                }
                 requests.remove(0);
             }
             (StateChangeRequestAction::Start, Some(v)) if finished(v) && !vmi_deleting => {
@@ -110,7 +120,6 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
         }
     }
 
-    let mut run_strategy = None;
     if action == VmiAction::None && !deleting_vm {
         action = match (&strategy, vmi) {
             (RunStrategy::Always, None) => VmiAction::Start,
@@ -177,6 +186,7 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
     Plan {
         action,
         run_strategy,
+        start_paused,
         status,
     }
 }
@@ -256,7 +266,10 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     match &plan.action {
         VmiAction::None => {}
         VmiAction::Start => {
-            let new = VirtualMachineInstance::from_vm(&vm);
+            let mut new = VirtualMachineInstance::from_vm(&vm);
+            if plan.start_paused {
+                new.spec.start_strategy = Some(kuvirt_api::v1::StartStrategy::Paused);
+            }
             match vmis.create(&PostParams::default(), &new).await {
                 Ok(_) => tracing::info!(vm = %name, namespace = %ns, "started: VMI created"),
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -416,6 +429,21 @@ mod tests {
             plan(&v, Some(&running)).action,
             VmiAction::None,
             "a stop for another VMI is dropped"
+        );
+        // A paused start of a Halted VM: started paused, and the VM becomes Always.
+        let mut h = vm("Halted");
+        h.status = Some(VirtualMachineStatus {
+            state_change_requests: vec![VirtualMachineStateChangeRequest {
+                action: StateChangeRequestAction::Start,
+                data: [("paused".to_string(), "true".to_string())].into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let p = plan(&h, None);
+        assert_eq!(
+            (p.action, p.start_paused, p.run_strategy),
+            (VmiAction::Start, true, Some(RunStrategy::Always))
         );
     }
 
