@@ -2,6 +2,7 @@
 
 mod console;
 mod kubectl;
+mod launcher;
 mod manifest;
 mod run;
 mod verbs;
@@ -57,7 +58,12 @@ enum Command {
         /// How long watch history is kept before compaction (seconds).
         #[arg(long, default_value = "300", hide = true)]
         watch_history: u64,
+        #[command(flatten)]
+        node: NodeArgs,
     },
+    /// The process of one launcher pod (started by the node agent).
+    #[command(hide = true)]
+    Launcher(launcher::LauncherArgs),
     /// Show objects from the API server as a table, YAML, JSON or names (like kubectl get).
     Get(kubectl::GetArgs),
     /// Server-side apply the objects in files (like kubectl apply --server-side).
@@ -78,6 +84,23 @@ enum Command {
         #[command(subcommand)]
         request: CtlRequest,
     },
+}
+
+/// This host as a node of its own control plane.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Run only the control plane, no VMs on this host.
+    #[arg(long)]
+    no_node_agent: bool,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Images and VM directories of this node.
+    #[arg(long, env = "KUVIRT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// auto uses KVM only if a probe guest runs under it; else TCG.
+    #[arg(long, default_value = "auto")]
+    accel: String,
 }
 
 #[derive(Subcommand)]
@@ -163,7 +186,9 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             listen,
             tls_san,
             watch_history,
-        } => server(data_dir, listen, tls_san, watch_history).await,
+            node,
+        } => server(data_dir, listen, tls_san, watch_history, node).await,
+        Command::Launcher(args) => launcher::launcher(args).await,
         Command::Image(ImageCommand::Push {
             source,
             reference,
@@ -261,6 +286,7 @@ async fn server(
     listen: std::net::SocketAddr,
     tls_san: Vec<String>,
     watch_history: u64,
+    node: NodeArgs,
 ) -> Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -283,6 +309,28 @@ async fn server(
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = if node.no_node_agent {
+        None
+    } else {
+        let name = node.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let cfg = kuvirt_handler::RunnerConfig {
+            node: name,
+            exe: std::env::current_exe()?,
+            kubeconfig: running.creds.kubeconfig.clone(),
+            state_dir: run::state_dir(node.state_dir.clone())?,
+            accel: node.accel.clone(),
+        };
+        let client = client.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = kuvirt_handler::run(client, cfg).await {
+                tracing::error!(error = %e, "node agent stopped");
+            }
+        }))
+    };
     let controllers = tokio::spawn(kuvirt_controller::run(
         client,
         kuvirt_controller::Options::default(),
@@ -295,6 +343,9 @@ async fn server(
         _ = int.recv() => {}
     }
     let _ = stop_tx.send(());
+    if let Some(a) = agent {
+        a.abort();
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), controllers).await;
     running.stop();
     Ok(0)

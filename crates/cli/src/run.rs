@@ -178,14 +178,14 @@ fn session_grace(vmi: &kuvirt_api::VirtualMachineInstance) -> i64 {
 }
 
 /// SIGINT, SIGTERM and SIGHUP as one stream of "stop" requests.
-struct Signals {
+pub(crate) struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         Ok(Signals {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
@@ -193,7 +193,7 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
@@ -204,7 +204,7 @@ impl Signals {
 
 /// Every interface on the pod network gets QEMU's user-mode stack; multus networks need the
 /// node agent.
-fn user_mode_nics(
+pub(crate) fn user_mode_nics(
     vmi: &kuvirt_api::VirtualMachineInstance,
 ) -> Result<BTreeMap<String, NetBackend>> {
     let mut nics = BTreeMap::new();

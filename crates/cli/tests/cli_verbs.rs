@@ -30,6 +30,8 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(dir.path())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // The control plane only: these tests run no guests.
+            .arg("--no-node-agent")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

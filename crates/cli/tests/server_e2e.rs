@@ -49,6 +49,8 @@ impl Server {
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--watch-history", &self.history.to_string()])
+            // The control plane only: these tests run no guests (see vm_e2e.rs for those).
+            .arg("--no-node-agent")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -1,0 +1,151 @@
+//! The whole path on one host: `kuvirt server` (API server, controllers, node agent) turns a
+//! VirtualMachine into a launcher pod, a launcher process and a QEMU guest; the guest's own
+//! console says it booted; stopping the VM powers the guest off through ACPI.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+struct ServerProc(Child);
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn console(state: &Path) -> String {
+    std::fs::read_to_string(state.join("vms/default/testvm/serial.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
+    let guest = demo_guest();
+    let data = tempfile::tempdir().unwrap();
+    let state = state_dir();
+    let port = free_port();
+    let server = ServerProc(
+        Command::new(KUVIRT)
+            .args(["server", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = data.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
+
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "testvm"},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "domain": {"devices": {
+                "disks": [{"name": "containerdisk", "disk": {"bus": "virtio"}},
+                          {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
+                "interfaces": [{"name": "default", "masquerade": {}}]},
+                "resources": {"requests": {"memory": "256Mi"}}},
+            "networks": [{"name": "default", "pod": {}}],
+            "terminationGracePeriodSeconds": 30,
+            "volumes": [
+                {"name": "containerdisk", "containerDisk": {"image": format!("oci:{}", guest.join("oci").display())}},
+                {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config\nhostname: through-the-api\n"}}
+            ]}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+
+    let running = until("VMI Running", Duration::from_secs(120), async || {
+        let v = vmis.get_opt("testvm").await.ok()??;
+        let s = v.status?;
+        (s.phase.as_ref()?.as_str() == "Running").then_some(s)
+    })
+    .await;
+    assert_eq!(running.node_name.as_deref(), Some("kuvirt-test"));
+    until("the guest's boot", Duration::from_secs(120), async || {
+        console(state.path())
+            .contains("kuvirt-guest: ready")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        console(state.path()).contains("kuvirt-guest: hostname=through-the-api"),
+        "{}",
+        console(state.path())
+    );
+    until(
+        "VM Running and Ready",
+        Duration::from_secs(30),
+        async || {
+            let s = vms.get("testvm").await.ok()?.status?;
+            (s.printable_status?.as_str() == "Running" && s.ready == Some(true)).then_some(())
+        },
+    )
+    .await;
+
+    vms.patch(
+        "testvm",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await
+    .unwrap();
+    until("the VMI gone", Duration::from_secs(60), async || {
+        vmis.get_opt("testvm").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    until(
+        "the guest's poweroff",
+        Duration::from_secs(60),
+        async || {
+            console(state.path())
+                .contains("kuvirt-guest: poweroff")
+                .then_some(())
+        },
+    )
+    .await;
+    until("QEMU gone", Duration::from_secs(60), async || {
+        qemu_under(state.path()).is_empty().then_some(())
+    })
+    .await;
+    drop(server);
+}
