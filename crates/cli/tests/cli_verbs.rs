@@ -32,8 +32,9 @@ impl Server {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             // The control plane only: these tests run no guests.
             .arg("--no-node-agent")
+            .env("KUVIRT_LOG", "kuvirt_controller=debug,kube_runtime=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap();
         let s = Server { child, dir };
@@ -256,7 +257,11 @@ fn wait_vmi(s: &Server, name: &str, what: &str, done: impl Fn(Option<&serde_json
         if done(vmi.as_ref()) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; server log:\n{}",
+            std::fs::read_to_string(s.dir.path().join("server.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -253,6 +253,11 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     let name = vm.metadata.name.clone().unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    // Plan from the API's current VM, not the watch cache, which can lag behind a start or stop
+    // that was just written.
+    let Some(vm) = vms.get_opt(&name).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let vmi = vmis.get_opt(&name).await?;
     // Only a VMI this VM controls counts.
     let vmi = vmi.filter(|v| {
@@ -291,23 +296,38 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
+    let mut vm = vm;
     if let Some(rs) = &plan.run_strategy {
-        vms.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"runStrategy": rs.as_str()}})),
-        )
-        .await?;
+        let updated = vms
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": {"resourceVersion": vm.metadata.resource_version},
+                    "spec": {"runStrategy": rs.as_str()},
+                })),
+            )
+            .await?;
+        vm = Arc::new(updated);
     }
     if vm.status.as_ref() != Some(&plan.status) {
+        // Conditional on the VM we planned from: a state change request written meanwhile (by the
+        // start/stop/restart subresources) must not be overwritten; a conflict replans.
         vms.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": plan.status })),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": vm.metadata.resource_version},
+                "status": plan.status,
+            })),
         )
         .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // After acting, look again soon: the outcome is checked rather than assumed.
+    Ok(match plan.action {
+        VmiAction::None => Action::requeue(Duration::from_secs(300)),
+        _ => Action::requeue(Duration::from_secs(2)),
+    })
 }
 
 #[cfg(test)]
