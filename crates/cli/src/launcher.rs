@@ -66,8 +66,11 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
     if let Some(w) = &accel.warning {
         eprintln!("warning: {w}");
     }
+    let vm_dir = state.join("vms").join(&args.namespace).join(&args.vmi);
+    let exit_file = vm_dir.join("exit.json");
+    let _ = std::fs::remove_file(&exit_file);
     let opts = SessionOptions {
-        vm_dir: state.join("vms").join(&args.namespace).join(&args.vmi),
+        vm_dir: vm_dir.clone(),
         store: ImageStore::open(&state.join("images"))?,
         pull: PullOptions::default(),
         qemu_binary: args.qemu,
@@ -91,6 +94,11 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
         _ = signals.next() => session.vm.shutdown(session.grace).await,
     };
     session.cleanup();
+    // How the VM ended, for a node agent that adopted this launcher and so cannot see its exit
+    // status.
+    if let Ok(json) = serde_json::to_vec(&reason) {
+        let _ = std::fs::write(&exit_file, json);
+    }
     eprintln!("vm {shown} stopped: {reason:?}");
     Ok(match reason {
         ExitReason::GuestShutdown | ExitReason::HostShutdown => 0,

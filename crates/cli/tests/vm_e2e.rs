@@ -47,19 +47,22 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     let data = tempfile::tempdir().unwrap();
     let state = state_dir();
     let port = free_port();
-    let server = ServerProc(
-        Command::new(KUVIRT)
-            .args(["server", "--data-dir"])
-            .arg(data.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let spawn = || {
+        ServerProc(
+            Command::new(KUVIRT)
+                .args(["server", "--data-dir"])
+                .arg(data.path())
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--state-dir")
+                .arg(state.path())
+                .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut server = spawn();
     let kubeconfig = data.path().join("kubeconfig");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
@@ -121,6 +124,49 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
         },
     )
     .await;
+
+    // kill -9 of the whole control plane: the VM keeps running, and the restarted node agent
+    // adopts its launcher instead of starting another one.
+    let qemu = qemu_under(state.path());
+    assert_eq!(qemu.len(), 1, "one QEMU for one VM");
+    let heartbeats = |log: &str| log.matches("kuvirt-guest: heartbeat").count();
+    drop(server);
+    server = spawn();
+    let launchers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(" launcher ") && c.contains(&state.path().display().to_string()))
+            .count()
+    };
+    // Watch a few guest seconds after the restart: never a second launcher, the same QEMU.
+    let before = heartbeats(&console(state.path()));
+    until(
+        "the guest still counting",
+        Duration::from_secs(60),
+        async || {
+            assert!(
+                launchers() <= 1,
+                "a second launcher was started for the same VM"
+            );
+            (heartbeats(&console(state.path())) > before + 3).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(qemu_under(state.path()), qemu, "QEMU was restarted");
+    assert_eq!(
+        vmis.get("testvm")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .unwrap()
+            .as_str(),
+        "Running"
+    );
 
     vms.patch(
         "testvm",

@@ -129,6 +129,28 @@ async fn start(
         .cloned()
         .ok_or_else(|| Error::Pod(format!("pod {ns}/{pod_name} names no VMI")))?;
     let vm_dir = cfg.state_dir.join("vms").join(&ns).join(&vmi);
+    // A launcher that outlived an earlier handler (VMs survive handler restarts) is adopted, not
+    // started again.
+    if call(&vm_dir.join("launcher.sock"), Request::Status)
+        .await
+        .is_ok()
+    {
+        tracing::info!(vmi = %vmi, namespace = %ns, "adopting a running launcher");
+        let monitor = tokio::spawn(monitor(
+            client.clone(),
+            ns,
+            vmi,
+            pod_name,
+            uid,
+            vm_dir.clone(),
+            None,
+            launchers,
+        ));
+        return Ok(Launcher {
+            vm_dir,
+            _monitor: monitor,
+        });
+    }
     std::fs::create_dir_all(&vm_dir)
         .map_err(|e| Error::Pod(format!("{}: {e}", vm_dir.display())))?;
     let log = std::fs::File::create(vm_dir.join("launcher.log"))
@@ -169,13 +191,21 @@ async fn start(
         pod_name,
         uid,
         vm_dir.clone(),
-        child,
+        Some(child),
         launchers,
     ));
     Ok(Launcher {
         vm_dir,
         _monitor: monitor,
     })
+}
+
+/// How an adopted launcher's VM ended, from the file the launcher writes before it exits.
+fn adopted_outcome(vm_dir: &std::path::Path) -> bool {
+    std::fs::read(vm_dir.join("exit.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<kuvirt_launcher::vm::ExitReason>(&b).ok())
+        .is_some_and(|r| r.succeeded())
 }
 
 /// Follows one launcher: the VMI's phase and conditions from the launcher's state; the pod's and
@@ -188,20 +218,32 @@ async fn monitor(
     pod_name: String,
     uid: String,
     vm_dir: PathBuf,
-    mut child: tokio::process::Child,
+    mut child: Option<tokio::process::Child>,
     launchers: Launchers,
 ) {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let socket = vm_dir.join("launcher.sock");
-    let status = loop {
-        tokio::select! {
-            s = child.wait() => break s,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    let mut silent = 0;
+    let ok = loop {
+        if let Some(c) = child.as_mut() {
+            tokio::select! {
+                s = c.wait() => break s.is_ok_and(|s| s.success()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let Ok(Response::Status { state, .. }) = call(&socket, Request::Status).await else {
+            // An adopted launcher is not our child: it is gone when its socket stays silent, and
+            // it left word of how the VM ended.
+            silent += 1;
+            if child.is_none() && silent >= 3 {
+                break adopted_outcome(&vm_dir);
+            }
             continue;
         };
+        silent = 0;
         let (phase, ready, paused) = match &state {
             VmState::Running => ("Running", true, false),
             VmState::Paused => ("Running", false, true),
@@ -246,11 +288,11 @@ async fn monitor(
             .patch(&vmi_name, &PatchParams::default(), &Patch::Merge(patch))
             .await;
     };
-    let ok = status.as_ref().is_ok_and(|s| s.success());
     let phase = if ok { "Succeeded" } else { "Failed" };
-    let reason = match &status {
-        Ok(s) => format!("launcher exited: {s}"),
-        Err(e) => e.to_string(),
+    let reason = if ok {
+        "the guest shut down"
+    } else {
+        "the launcher failed"
     };
     tracing::info!(vmi = %vmi_name, namespace = %ns, %phase, %reason, "vm ended");
     let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": now()}]);
