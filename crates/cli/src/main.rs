@@ -101,6 +101,9 @@ struct NodeArgs {
     /// auto uses KVM only if a probe guest runs under it; else TCG.
     #[arg(long, default_value = "auto")]
     accel: String,
+    /// Seconds without a heartbeat after which a node is lost and its VMIs fail.
+    #[arg(long, default_value = "40", hide = true)]
+    node_heartbeat_timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -333,7 +336,12 @@ async fn server(
     };
     let controllers = tokio::spawn(kuvirt_controller::run(
         client,
-        kuvirt_controller::Options::default(),
+        kuvirt_controller::Options {
+            node_heartbeat_timeout: std::time::Duration::from_secs(
+                node.node_heartbeat_timeout.max(1),
+            ),
+            ..kuvirt_controller::Options::default()
+        },
         async move {
             let _ = stop_rx.await;
         },

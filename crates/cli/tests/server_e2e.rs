@@ -24,6 +24,8 @@ struct Server {
     dir: PathBuf,
     port: u16,
     history: u64,
+    /// Seconds without a heartbeat before a node is lost.
+    node_timeout: u64,
 }
 
 impl Server {
@@ -38,6 +40,7 @@ impl Server {
             dir: dir.to_path_buf(),
             port,
             history,
+            node_timeout: 300,
         };
         s.spawn();
         s
@@ -49,6 +52,7 @@ impl Server {
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--watch-history", &self.history.to_string()])
+            .args(["--node-heartbeat-timeout", &self.node_timeout.to_string()])
             // The control plane only: these tests run no guests (see vm_e2e.rs for those).
             .arg("--no-node-agent")
             .stdout(Stdio::null())
@@ -449,4 +453,98 @@ async fn vmi_controller_renders_places_and_hands_over() {
     })
     .await;
     assert_eq!(scheduled.node_name.as_deref(), Some("n1"));
+}
+
+/// A node whose agent stops reporting is lost: it goes NotReady-Unknown, the VMI it ran fails, and
+/// the VM (Always) starts a new VMI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::{Patch, PatchParams};
+    use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 300);
+    server.kill9();
+    server.node_timeout = 3;
+    server.spawn();
+    let client = server.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client);
+    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // A node that reports once, then never again.
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "ghost", "labels": {"kubevirt.io/schedulable": "true"}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            "ghost",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+            "allocatable": {"memory": "4Gi", "cpu": "2"},
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now}]}})),
+        )
+        .await
+        .unwrap();
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "lost"},
+        "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"devices": {}, "memory": {"guest": "128Mi"}}}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let first = until("a VMI", async || vmis.get_opt("lost").await.unwrap()).await;
+    let uid = first.metadata.uid.clone().unwrap();
+    let pod = until("its pod on ghost", async || {
+        let l = pods
+            .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
+            .await
+            .unwrap();
+        l.items
+            .into_iter()
+            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("ghost"))
+    })
+    .await;
+    pods.patch_status(
+        pod.metadata.name.as_deref().unwrap(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    until("Scheduled on ghost", async || {
+        let s = vmis.get("lost").await.unwrap().status?;
+        (s.node_name.as_deref() == Some("ghost")).then_some(())
+    })
+    .await;
+    // No more heartbeats: the node is lost, the VMI fails and the VM starts a new one.
+    until("ghost NotReady", async || {
+        let n = nodes.get("ghost").await.unwrap();
+        let c = n
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.status == "Unknown").then_some(())
+    })
+    .await;
+    until("a new VMI", async || {
+        let v = vmis.get_opt("lost").await.unwrap()?;
+        (v.metadata.uid.as_deref() != Some(uid.as_str())).then_some(())
+    })
+    .await;
 }

@@ -1,6 +1,7 @@
 //! kuvirt's cluster-wide controllers, on kube-runtime: they talk to the API server only through
 //! kube-rs, so they run the same against `kuvirt server` and a real cluster.
 
+pub mod node;
 pub mod pod;
 pub mod schedule;
 pub mod vm;
@@ -32,6 +33,8 @@ pub struct Options {
     pub schedule: bool,
     /// Memory overcommit for placement, in percent.
     pub memory_overcommit: u64,
+    /// A node that has not reported for this long is lost.
+    pub node_heartbeat_timeout: Duration,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
             launcher_image: "kuvirt".into(),
             schedule: true,
             memory_overcommit: 100,
+            node_heartbeat_timeout: node::HEARTBEAT_TIMEOUT,
         }
     }
 }
@@ -66,6 +70,7 @@ pub async fn run(
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
+    let client_for_nodes = client.clone();
     let vm_ctx = Arc::new(vm::Context {
         client: client.clone(),
     });
@@ -93,7 +98,9 @@ pub async fn run(
                 tracing::debug!(error = %e, "vmi controller");
             }
         });
+    let nodes = tokio::spawn(node::run(client_for_nodes, opts.node_heartbeat_timeout));
     tokio::join!(vm_controller, vmi_controller);
+    nodes.abort();
 }
 
 fn vmi_error_policy(
