@@ -26,6 +26,12 @@ pub struct LauncherArgs {
     /// The VMI this launcher runs.
     #[arg(long)]
     vmi: String,
+    /// Its uid: a VMI of the same name but another uid is not ours.
+    #[arg(long)]
+    vmi_uid: String,
+    /// The VM's directory (sockets, disks, logs).
+    #[arg(long)]
+    vm_dir: PathBuf,
     #[arg(long, default_value = "auto")]
     accel: String,
     #[arg(long)]
@@ -48,6 +54,12 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
         .await
         .with_context(|| format!("vmi {}/{}", args.namespace, args.vmi))?;
     let shown = format!("{}/{}", args.namespace, args.vmi);
+    if vmi.metadata.uid.as_deref() != Some(args.vmi_uid.as_str()) {
+        anyhow::bail!(
+            "vmi {shown}: its uid is not {} (the VMI was replaced)",
+            args.vmi_uid
+        );
+    }
     let nics = user_mode_nics(&vmi)?;
     let state = state_dir(args.state_dir)?;
     let mode: AccelMode = args.accel.parse()?;
@@ -66,7 +78,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
     if let Some(w) = &accel.warning {
         eprintln!("warning: {w}");
     }
-    let vm_dir = state.join("vms").join(&args.namespace).join(&args.vmi);
+    let vm_dir = args.vm_dir.clone();
     let exit_file = vm_dir.join("exit.json");
     let _ = std::fs::remove_file(&exit_file);
     let opts = SessionOptions {

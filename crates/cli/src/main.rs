@@ -324,7 +324,12 @@ async fn server(
             node: name,
             exe: std::env::current_exe()?,
             kubeconfig: running.creds.kubeconfig.clone(),
-            state_dir: run::state_dir(node.state_dir.clone())?,
+            // Not the data directory (root-only: QEMU runs as uid 107) and not `kuvirt run`'s.
+            state_dir: run::state_dir(Some(
+                node.state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/kuvirt/node")),
+            ))?,
             accel: node.accel.clone(),
         };
         let client = client.clone();

@@ -37,8 +37,15 @@ async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Opti
     }
 }
 
+/// The console log of the VMI `testvm` (its directory is `testvm-<uid prefix>`).
 fn console(state: &Path) -> String {
-    std::fs::read_to_string(state.join("vms/default/testvm/serial.log")).unwrap_or_default()
+    let Ok(dirs) = std::fs::read_dir(state.join("vms/default")) else {
+        return String::new();
+    };
+    dirs.flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("testvm-"))
+        .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,13 +101,20 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
             (StateChangeRequestAction::Stop, None) => {
                 requests.remove(0);
             }
+            // The start subresource leaves a paused start of a Halted VM to us: the strategy
+            // changes first, and the request is honoured on the next pass.
+            (StateChangeRequestAction::Start, None)
+                if !deleting_vm && strategy == RunStrategy::Halted =>
+            {
+                run_strategy = Some(RunStrategy::Always);
+            }
             (StateChangeRequestAction::Start, None) if !deleting_vm => {
                 action = VmiAction::Start;
                 start_paused = first.data.get("paused").is_some_and(|p| p == "true");
-                // The start subresource leaves a paused start of a Halted VM to us.
-                if strategy == RunStrategy::Halted {
-                    run_strategy = Some(RunStrategy::Always);
-                }
+                requests.remove(0);
+            }
+            // Started already: the request is done (KubeVirt trims it the same way).
+            (StateChangeRequestAction::Start, Some(v)) if !finished(v) && !vmi_deleting => {
                 requests.remove(0);
             }
             (StateChangeRequestAction::Start, Some(v)) if finished(v) && !vmi_deleting => {
@@ -238,6 +245,17 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     now.round(k8s_openapi::jiff::Unit::Second).unwrap_or(now)
 }
 
+/// The status as a merge patch: lists the API types omit when empty are written explicitly, or
+/// the stored ones (a drained stateChangeRequests, say) would survive the patch.
+fn status_patch(status: &VirtualMachineStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.entry("stateChangeRequests").or_insert_with(|| json!([]));
+        o.entry("conditions").or_insert_with(|| json!([]));
+    }
+    v
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
@@ -318,7 +336,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
             &PatchParams::default(),
             &Patch::Merge(json!({
                 "metadata": {"resourceVersion": vm.metadata.resource_version},
-                "status": plan.status,
+                "status": status_patch(&plan.status),
             })),
         )
         .await?;
@@ -462,9 +480,13 @@ mod tests {
         });
         let p = plan(&h, None);
         assert_eq!(
-            (p.action, p.start_paused, p.run_strategy),
-            (VmiAction::Start, true, Some(RunStrategy::Always))
+            (p.action.clone(), p.run_strategy.clone()),
+            (VmiAction::None, Some(RunStrategy::Always))
         );
+        let mut next = h.clone();
+        next.spec.run_strategy = Some(RunStrategy::Always);
+        let p = plan(&next, None);
+        assert_eq!((p.action, p.start_paused), (VmiAction::Start, true));
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub async fn reconcile(
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the API's current VMI: the watch cache can lag behind the node agent's writes
+    // (a phase read from it could move backwards).
+    let Some(vmi) = vmis.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    if vmi.metadata.uid.as_deref() != Some(uid.as_str()) {
+        return Ok(Action::await_change());
+    }
     let mine = pods
         .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
         .await?
@@ -172,11 +180,18 @@ pub async fn reconcile(
             .await?;
             Ok(Action::await_change())
         }
+        // The launcher ended without the node agent saying how (it writes the VMI's final phase
+        // first): a pod that succeeded means the guest shut down.
         (_, "Failed" | "Succeeded") => {
+            let phase = if pod_phase == "Succeeded" {
+                "Succeeded"
+            } else {
+                "Failed"
+            };
             set_status(
                 &vmis,
                 &name,
-                json!({"phase": "Failed", "reason": format!("launcher pod {pod_phase}")}),
+                json!({"phase": phase, "reason": format!("launcher pod {pod_phase}")}),
             )
             .await?;
             Ok(Action::await_change())

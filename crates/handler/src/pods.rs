@@ -128,7 +128,25 @@ async fn start(
         .and_then(|a| a.get("kubevirt.io/domain"))
         .cloned()
         .ok_or_else(|| Error::Pod(format!("pod {ns}/{pod_name} names no VMI")))?;
-    let vm_dir = cfg.state_dir.join("vms").join(&ns).join(&vmi);
+    let vmi_uid = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubevirt.io/created-by"))
+        .cloned()
+        .ok_or_else(|| Error::Pod(format!("pod {ns}/{pod_name} names no VMI uid")))?;
+    // One directory per VMI (not per name): a restarted VM's new VMI never meets the old one's
+    // launcher, socket or lock.
+    let short: String = vmi_uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let vm_dir = cfg
+        .state_dir
+        .join("vms")
+        .join(&ns)
+        .join(format!("{vmi}-{short}"));
     // A launcher that outlived an earlier handler (VMs survive handler restarts) is adopted, not
     // started again.
     if call(&vm_dir.join("launcher.sock"), Request::Status)
@@ -140,6 +158,7 @@ async fn start(
             client.clone(),
             ns,
             vmi,
+            vmi_uid,
             pod_name,
             uid,
             vm_dir.clone(),
@@ -160,7 +179,18 @@ async fn start(
         .arg("launcher")
         .arg("--kubeconfig")
         .arg(&cfg.kubeconfig)
-        .args(["--namespace", &ns, "--vmi", &vmi, "--accel", &cfg.accel])
+        .args([
+            "--namespace",
+            &ns,
+            "--vmi",
+            &vmi,
+            "--vmi-uid",
+            &vmi_uid,
+            "--accel",
+            &cfg.accel,
+        ])
+        .arg("--vm-dir")
+        .arg(&vm_dir)
         .arg("--state-dir")
         .arg(&cfg.state_dir)
         .stdin(Stdio::null())
@@ -188,6 +218,7 @@ async fn start(
         client.clone(),
         ns,
         vmi,
+        vmi_uid,
         pod_name,
         uid,
         vm_dir.clone(),
@@ -215,6 +246,7 @@ async fn monitor(
     client: kube::Client,
     ns: String,
     vmi_name: String,
+    vmi_uid: String,
     pod_name: String,
     uid: String,
     vm_dir: PathBuf,
@@ -254,6 +286,10 @@ async fn monitor(
         let Ok(current) = vmis.get(&vmi_name).await else {
             continue;
         };
+        if current.metadata.uid.as_deref() != Some(vmi_uid.as_str()) {
+            // Another VMI of the same name: not ours to report on.
+            continue;
+        }
         let cur = current.status.unwrap_or_default();
         let cur_phase = cur
             .phase
@@ -296,15 +332,21 @@ async fn monitor(
     };
     tracing::info!(vmi = %vmi_name, namespace = %ns, %phase, %reason, "vm ended");
     let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": now()}]);
-    let _ = vmis
-        .patch(
-            &vmi_name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"phase": phase, "reason": reason, "conditions": not_ready}}),
-            ),
-        )
-        .await;
+    let ours = vmis
+        .get(&vmi_name)
+        .await
+        .is_ok_and(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
+    if ours {
+        let _ = vmis
+            .patch(
+                &vmi_name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"status": {"phase": phase, "reason": reason, "conditions": not_ready}}),
+                ),
+            )
+            .await;
+    }
     let _ = pods
         .patch_status(
             &pod_name,
