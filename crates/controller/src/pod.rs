@@ -31,19 +31,26 @@ pub const VIDEO_MIB: u64 = 16;
 /// memory when there is one + guest page tables (1/512 of guest RAM).
 pub fn overhead_bytes(vmi: &VirtualMachineInstance, guest_bytes: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
+    let graphics = vmi.spec.domain.devices.autoattach_graphics_device != Some(false);
+    let mib = (LAUNCHER_MIB + QEMU_BASE_MIB + if graphics { VIDEO_MIB } else { 0 })
+        .saturating_add(PER_VCPU_MIB.saturating_mul(vcpus(vmi)));
+    mib.saturating_mul(MIB).saturating_add(guest_bytes / 512)
+}
+
+/// The most vCPUs a VM may have (QEMU's q35 limit without an IOMMU).
+pub const MAX_VCPUS: u64 = 288;
+
+/// sockets × cores × threads, saturating (validation has not bounded them).
+pub fn vcpus(vmi: &VirtualMachineInstance) -> u64 {
     let cpu = vmi.spec.domain.cpu.as_ref();
-    let vcpus = [
+    [
         cpu.and_then(|c| c.sockets),
         cpu.and_then(|c| c.cores),
         cpu.and_then(|c| c.threads),
     ]
     .iter()
     .map(|v| u64::from(v.unwrap_or(1).max(1)))
-    .product::<u64>();
-    let graphics = vmi.spec.domain.devices.autoattach_graphics_device != Some(false);
-    (LAUNCHER_MIB + QEMU_BASE_MIB + PER_VCPU_MIB * vcpus + if graphics { VIDEO_MIB } else { 0 })
-        * MIB
-        + guest_bytes / 512
+    .fold(1u64, u64::saturating_mul)
 }
 
 /// Why a VMI cannot have a pod.
@@ -74,25 +81,20 @@ pub fn render(vmi: &VirtualMachineInstance, image: &str) -> Result<Pod, RenderEr
             field: "spec.domain.memory.guest".into(),
             message: e.to_string(),
         })?;
-    let memory = guest_bytes + overhead_bytes(vmi, guest_bytes);
+    if vcpus(vmi) > MAX_VCPUS {
+        return Err(RenderError {
+            field: "spec.domain.cpu".into(),
+            message: format!("sockets × cores × threads must be at most {MAX_VCPUS}"),
+        });
+    }
+    let memory = guest_bytes.saturating_add(overhead_bytes(vmi, guest_bytes));
     let cpu_request = domain
         .resources
         .as_ref()
         .and_then(|r| r.request("cpu"))
         .cloned()
         // KubeVirt's default: 100m per vCPU (cpuAllocationRatio 10).
-        .unwrap_or_else(|| {
-            let cpu = domain.cpu.as_ref();
-            let vcpus: u32 = [
-                cpu.and_then(|c| c.sockets),
-                cpu.and_then(|c| c.cores),
-                cpu.and_then(|c| c.threads),
-            ]
-            .iter()
-            .map(|v| v.unwrap_or(1).max(1))
-            .product();
-            Quantity(format!("{}m", 100 * vcpus))
-        });
+        .unwrap_or_else(|| Quantity(format!("{}m", 100 * vcpus(vmi))));
     let requests = BTreeMap::from([
         ("memory".to_string(), Quantity(memory.to_string())),
         ("cpu".to_string(), cpu_request),
@@ -107,7 +109,7 @@ pub fn render(vmi: &VirtualMachineInstance, image: &str) -> Result<Pod, RenderEr
             })?;
         limits.insert(
             "memory".to_string(),
-            Quantity((lb + overhead_bytes(vmi, lb)).to_string()),
+            Quantity(lb.saturating_add(overhead_bytes(vmi, lb)).to_string()),
         );
     }
     if let Some(c) = domain.resources.as_ref().and_then(|r| r.limit("cpu")) {
@@ -254,6 +256,15 @@ mod tests {
             (l + (8 + 48 + 16) * 1024 * 1024 + l / 512).to_string()
         );
         assert_eq!(limits["cpu"].0, "2");
+    }
+
+    #[test]
+    fn absurd_cpu_counts_are_refused_not_overflowed() {
+        let v = vmi(
+            json!({"spec": {"domain": {"cpu": {"cores": 70000, "sockets": 70000, "threads": 70000}}}}),
+        );
+        assert_eq!(render(&v, "kuvirt").unwrap_err().field, "spec.domain.cpu");
+        assert!(overhead_bytes(&v, u64::MAX) == u64::MAX, "saturates");
     }
 
     #[test]

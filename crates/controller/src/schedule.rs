@@ -35,8 +35,8 @@ pub fn requests(pod: &Pod) -> (u64, u64) {
     let mut cpu = 0;
     for c in pod.spec.iter().flat_map(|s| &s.containers) {
         let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        mem += bytes(r.and_then(|r| r.get("memory")));
-        cpu += millis(r.and_then(|r| r.get("cpu")));
+        mem = bytes(r.and_then(|r| r.get("memory"))).saturating_add(mem);
+        cpu = millis(r.and_then(|r| r.get("cpu"))).saturating_add(cpu);
     }
     (mem, cpu)
 }
@@ -149,7 +149,8 @@ pub fn pick(
             continue;
         }
         let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-        let cap_mem = bytes(alloc.and_then(|a| a.get("memory"))) * memory_overcommit / 100;
+        let cap_mem =
+            bytes(alloc.and_then(|a| a.get("memory"))).saturating_mul(memory_overcommit) / 100;
         let cap_cpu = millis(alloc.and_then(|a| a.get("cpu")));
         let (used_mem, used_cpu) = placed
             .iter()
@@ -161,16 +162,18 @@ pub fn pick(
                 )
             })
             .map(requests)
-            .fold((0, 0), |(m, c), (pm, pc)| (m + pm, c + pc));
-        if used_mem + want_mem > cap_mem {
+            .fold((0u64, 0u64), |(m, c), (pm, pc)| {
+                (m.saturating_add(pm), c.saturating_add(pc))
+            });
+        if used_mem.saturating_add(want_mem) > cap_mem {
             reasons.push(format!("{name}: insufficient memory"));
             continue;
         }
-        if cap_cpu > 0 && used_cpu + want_cpu > cap_cpu {
+        if cap_cpu > 0 && used_cpu.saturating_add(want_cpu) > cap_cpu {
             reasons.push(format!("{name}: insufficient cpu"));
             continue;
         }
-        let free = cap_mem - used_mem - want_mem;
+        let free = cap_mem.saturating_sub(used_mem).saturating_sub(want_mem);
         if best
             .as_ref()
             .is_none_or(|(f, n)| free > *f || (free == *f && name < *n))
