@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_launcher::protocol::{Request, Response, call};
@@ -39,6 +40,8 @@ pub struct RunnerConfig {
 /// One launcher the handler started (its monitor task owns the process).
 struct Launcher {
     vm_dir: PathBuf,
+    /// The launcher's pid when we started it (an adopted one is reached by its socket only).
+    pid: Option<u32>,
     _monitor: tokio::task::JoinHandle<()>,
 }
 
@@ -58,7 +61,8 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
         .fields(&format!("spec.nodeName={}", cfg.node))
         .labels("kubevirt.io=virt-launcher");
     let launchers: Launchers = Arc::default();
-    let mut events = watcher(pods, wc).boxed();
+    let mut seen = std::collections::HashSet::new();
+    let mut events = watcher(pods, wc).default_backoff().boxed();
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -70,6 +74,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
         match ev {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
+                seen.insert(uid.clone());
                 let final_phase = matches!(
                     pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                     Some("Succeeded" | "Failed")
@@ -88,7 +93,20 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
             watcher::Event::Delete(pod) => {
                 stop(&launchers, pod.metadata.uid.as_deref().unwrap_or_default()).await;
             }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitDone => {
+                // A (re)list no longer shows these pods: they went while we were not watching.
+                let gone: Vec<String> = launchers
+                    .lock()
+                    .await
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    stop(&launchers, &uid).await;
+                }
+            }
         }
     }
     Ok(())
@@ -96,15 +114,27 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
 
 /// Asks a launcher to shut its VM down gracefully (the launcher kills it after the grace period).
 async fn stop(launchers: &Launchers, uid: &str) {
-    let dir = launchers.lock().await.get(uid).map(|l| l.vm_dir.clone());
-    if let Some(dir) = dir {
-        let _ = call(
-            &dir.join("launcher.sock"),
-            Request::Shutdown {
-                grace_period_seconds: None,
-            },
-        )
-        .await;
+    let found = launchers
+        .lock()
+        .await
+        .get(uid)
+        .map(|l| (l.vm_dir.clone(), l.pid));
+    let Some((dir, pid)) = found else { return };
+    let asked = call(
+        &dir.join("launcher.sock"),
+        Request::Shutdown {
+            grace_period_seconds: None,
+        },
+    )
+    .await;
+    // Still starting (no socket yet): SIGTERM, which the launcher turns into a clean stop.
+    if asked.is_err()
+        && let Some(pid) = pid.and_then(|p| i32::try_from(p).ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
@@ -167,6 +197,7 @@ async fn start(
         ));
         return Ok(Launcher {
             vm_dir,
+            pid: None,
             _monitor: monitor,
         });
     }
@@ -200,20 +231,23 @@ async fn start(
         .process_group(0)
         .spawn()
         .map_err(|e| Error::Pod(format!("{}: {e}", cfg.exe.display())))?;
+    let pid = child.id();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    pods.patch_status(
-        &pod_name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "phase": "Running",
-            "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-            "startTime": now(),
-            "containerStatuses": [{"name": "compute", "ready": true, "restartCount": 0,
-                                   "image": "kuvirt", "imageID": "",
-                                   "state": {"running": {"startedAt": now()}}}],
-        }})),
-    )
-    .await?;
+    // Reported best effort: the launcher runs either way, and the monitor is what matters.
+    let _ = pods
+        .patch_status(
+            &pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Running",
+                "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+                "startTime": now(),
+                "containerStatuses": [{"name": "compute", "ready": true, "restartCount": 0,
+                                       "image": "kuvirt", "imageID": "",
+                                       "state": {"running": {"startedAt": now()}}}],
+            }})),
+        )
+        .await;
     let monitor = tokio::spawn(monitor(
         client.clone(),
         ns,
@@ -227,6 +261,7 @@ async fn start(
     ));
     Ok(Launcher {
         vm_dir,
+        pid,
         _monitor: monitor,
     })
 }
