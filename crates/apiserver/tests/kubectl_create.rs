@@ -4,81 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::Duration;
+mod common;
 
 use base64::Engine;
-use kuvirt_apiserver::server::{Running, ServerConfig, start};
+use common::Server;
 use serde_json::Value;
 
-struct Server {
-    running: Option<Running>,
-    dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
-}
-
 impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = rt
-            .block_on(start(ServerConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                extra_hosts: vec![],
-                history: Duration::from_secs(300),
-            }))
-            .unwrap();
-        Server {
-            running: Some(running),
-            dir,
-            _rt: rt,
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.dir.path())
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Runs kubectl, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-o", "json"]);
         serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop();
-        }
     }
 }
 

@@ -4,51 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::Server;
 use kuvirt_apiserver::pki::Role;
-use kuvirt_apiserver::server::{Running, ServerConfig, start};
 use serde_json::{Value, json};
 
 const SUB: &str = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines";
 const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 const VMIS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
 
-struct Server {
-    running: Option<Running>,
-    dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
-}
-
 impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let running = rt
-            .block_on(start(ServerConfig {
-                data_dir: dir.path().to_path_buf(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                extra_hosts: vec![],
-                history: Duration::from_secs(300),
-            }))
-            .unwrap();
-        Server {
-            running: Some(running),
-            dir,
-            _rt: rt,
-        }
-    }
-
-    fn token(&self, role: Role) -> String {
-        let running = self.running.as_ref().unwrap();
-        running.creds.token_for(role).unwrap().token.clone()
-    }
-
     /// One request with curl: (HTTP code, body).
     fn call(&self, role: Role, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let running = self.running.as_ref().unwrap();
@@ -110,14 +78,6 @@ impl Server {
 
     fn vm(&self, name: &str) -> Value {
         self.get(&format!("{VMS}/{name}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop();
-        }
     }
 }
 

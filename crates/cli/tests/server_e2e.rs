@@ -94,6 +94,18 @@ impl Drop for Server {
     }
 }
 
+/// Polls `f` until it gives a value, for at most 40 s.
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn cm(name: &str) -> ConfigMap {
     ConfigMap {
         metadata: kube::api::ObjectMeta {
@@ -308,16 +320,6 @@ async fn vm_controller_follows_the_run_strategy() {
     .unwrap();
     let vm = vms.create(&PostParams::default(), &vm).await.unwrap();
 
-    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
     let first = until("a VMI", async || vmis.get_opt("ctl").await.unwrap()).await;
     let owner = &first.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
@@ -382,16 +384,6 @@ async fn vmi_controller_renders_places_and_hands_over() {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client);
-    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
     let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "placed"},
         "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"devices": {}, "memory": {"guest": "256Mi"}}}}}
@@ -473,16 +465,6 @@ async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client);
-    async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
     // A node that reports once, then never again.
     let node: Node = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
