@@ -202,3 +202,53 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     .await;
     drop(server);
 }
+
+/// A VM whose image cannot be had fails before its guest runs; the VM backs off (CrashLoopBackOff,
+/// status.startFailure) instead of restarting it in a tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_cannot_start_backs_off() {
+    let data = tempfile::tempdir().unwrap();
+    let state = state_dir();
+    let port = free_port();
+    let _server = ServerProc(
+        Command::new(KUVIRT)
+            .args(["server", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = data.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "broken"},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "root", "disk": {}}]}, "memory": {"guest": "64Mi"}},
+            "volumes": [{"name": "root", "containerDisk": {"image": "oci:/nonexistent/layout"}}]}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let status = until("CrashLoopBackOff", Duration::from_secs(60), async || {
+        let s = vms.get("broken").await.ok()?.status?;
+        (s.printable_status.as_ref()?.as_str() == "CrashLoopBackOff").then_some(s)
+    })
+    .await;
+    let failure = status.start_failure.unwrap();
+    assert!(failure.consecutive_fail_count.unwrap() >= 1);
+    assert!(failure.retry_after_timestamp.is_some());
+}

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kuvirt_api::v1::{
     RunStrategy, StateChangeRequestAction, VirtualMachineCondition, VirtualMachineConditionType,
     VirtualMachineInstanceConditionType, VirtualMachineInstancePhase,
-    VirtualMachinePrintableStatus, VirtualMachineStatus,
+    VirtualMachinePrintableStatus, VirtualMachineStartFailure, VirtualMachineStatus,
 };
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use serde_json::json;
@@ -73,6 +75,26 @@ fn unschedulable(vmi: &VirtualMachineInstance) -> bool {
 
 /// Decides what to do. `vmi` is the VM's VMI (same name, owned by it), if one exists.
 pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
+    plan_at(vm, vmi, Timestamp::now())
+}
+
+/// The start-failure backoff KubeVirt uses: 10 s, doubling, at most 5 minutes.
+pub fn backoff(failures: i64) -> Duration {
+    let exp = u32::try_from(failures.saturating_sub(1).clamp(0, 10)).unwrap_or(10);
+    Duration::from_secs((10u64 << exp).min(300))
+}
+
+/// Whether a VMI got as far as running a guest.
+fn ever_ran(vmi: &VirtualMachineInstance) -> bool {
+    vmi.status.as_ref().is_some_and(|s| {
+        s.phase_transition_timestamps
+            .iter()
+            .any(|t| t.phase == Some(VirtualMachineInstancePhase::Running))
+    })
+}
+
+/// [`plan`] at a given time (start-failure backoff depends on it).
+pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: Timestamp) -> Plan {
     let strategy = vm.spec.effective_run_strategy();
     let old = vm.status.clone().unwrap_or_default();
     let vmi_uid = vmi.and_then(|v| v.metadata.uid.clone()).unwrap_or_default();
@@ -83,6 +105,7 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
     let mut action = VmiAction::None;
     let mut run_strategy = None;
     let mut start_paused = false;
+    let mut requested_start = false;
     let mut requests = old.state_change_requests.clone();
     if let Some(first) = requests.first().cloned() {
         match (&first.action, vmi) {
@@ -110,6 +133,7 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
             }
             (StateChangeRequestAction::Start, None) if !deleting_vm => {
                 action = VmiAction::Start;
+                requested_start = true;
                 start_paused = first.data.get("paused").is_some_and(|p| p == "true");
                 requests.remove(0);
             }
@@ -154,7 +178,47 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
         };
     }
 
+    // Start failures: a VMI that failed before its guest ran counts once; a guest that ran clears
+    // the count. While backing off, automatic restarts wait (explicit start requests do not).
+    let mut failure = old.start_failure.clone();
+    if let Some(v) = vmi {
+        if ever_ran(v) {
+            failure = None;
+        } else if phase(v) == Some(&VirtualMachineInstancePhase::Failed)
+            && failure
+                .as_ref()
+                .and_then(|f| f.last_failed_vmi_uid.as_deref())
+                != v.metadata.uid.as_deref()
+        {
+            let count = failure
+                .as_ref()
+                .and_then(|f| f.consecutive_fail_count)
+                .unwrap_or(0)
+                + 1;
+            let retry = now
+                .checked_add(
+                    SignedDuration::try_from(backoff(count)).unwrap_or(SignedDuration::ZERO),
+                )
+                .unwrap_or(now);
+            failure = Some(VirtualMachineStartFailure {
+                consecutive_fail_count: Some(count),
+                last_failed_vmi_uid: v.metadata.uid.clone(),
+                retry_after_timestamp: Some(Time(retry)),
+                ..Default::default()
+            });
+        }
+    }
+    let waiting = failure
+        .as_ref()
+        .and_then(|f| f.retry_after_timestamp.as_ref())
+        .is_some_and(|t| t.0 > now);
+    let backing_off = waiting && action == VmiAction::Start && !requested_start;
+    if backing_off {
+        action = VmiAction::None;
+    }
+
     let mut status = old.clone();
+    status.start_failure = failure;
     status.state_change_requests = requests;
     status.created = Some(vmi.is_some() && !matches!(action, VmiAction::Stop { .. }));
     let ready = vmi.is_some_and(|v| {
@@ -169,6 +233,8 @@ pub fn plan(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Plan {
         vmi.is_some_and(|v| vmi_condition(v, &VirtualMachineInstanceConditionType::Paused));
     status.printable_status = Some(if deleting_vm {
         VirtualMachinePrintableStatus::Terminating
+    } else if backing_off {
+        VirtualMachinePrintableStatus::CrashLoopBackOff
     } else if matches!(action, VmiAction::Stop { .. }) || vmi_deleting {
         VirtualMachinePrintableStatus::Stopping
     } else {
@@ -252,6 +318,8 @@ fn status_patch(status: &VirtualMachineStatus) -> serde_json::Value {
     if let Some(o) = v.as_object_mut() {
         o.entry("stateChangeRequests").or_insert_with(|| json!([]));
         o.entry("conditions").or_insert_with(|| json!([]));
+        // A cleared start failure must be removed, which a merge patch does with null.
+        o.entry("startFailure").or_insert(serde_json::Value::Null);
     }
     v
 }
@@ -342,8 +410,16 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         .await?;
     }
     // After acting, look again soon: the outcome is checked rather than assumed.
-    Ok(match plan.action {
-        VmiAction::None => Action::requeue(Duration::from_secs(300)),
+    let retry_in = plan
+        .status
+        .start_failure
+        .as_ref()
+        .and_then(|f| f.retry_after_timestamp.as_ref())
+        .and_then(|t| Duration::try_from(t.0.duration_since(Timestamp::now())).ok())
+        .filter(|d| !d.is_zero());
+    Ok(match (plan.action, retry_in) {
+        (VmiAction::None, Some(wait)) => Action::requeue(wait + Duration::from_millis(200)),
+        (VmiAction::None, None) => Action::requeue(Duration::from_secs(300)),
         _ => Action::requeue(Duration::from_secs(2)),
     })
 }
@@ -487,6 +563,49 @@ mod tests {
         next.spec.run_strategy = Some(RunStrategy::Always);
         let p = plan(&next, None);
         assert_eq!((p.action, p.start_paused), (VmiAction::Start, true));
+    }
+
+    #[test]
+    fn failures_before_running_back_off() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(40));
+        assert_eq!(backoff(20), Duration::from_secs(300));
+        let now = Timestamp::now();
+        let failed = vmi(VirtualMachineInstancePhase::Failed, false);
+        // The failed VMI is counted and removed.
+        let p = plan_at(&vm("Always"), Some(&failed), now);
+        assert!(matches!(p.action, VmiAction::Stop { .. }));
+        let f = p.status.start_failure.clone().unwrap();
+        assert_eq!(f.consecutive_fail_count, Some(1));
+        // Without a VMI, the restart waits for the backoff.
+        let mut after = vm("Always");
+        after.status = Some(p.status.clone());
+        let waiting = plan_at(&after, None, now);
+        assert_eq!(waiting.action, VmiAction::None);
+        assert_eq!(
+            waiting.status.printable_status,
+            Some(VirtualMachinePrintableStatus::CrashLoopBackOff)
+        );
+        let later = now.checked_add(SignedDuration::from_secs(11)).unwrap();
+        assert_eq!(plan_at(&after, None, later).action, VmiAction::Start);
+        // The same failed VMI is not counted twice; one that ran clears the count.
+        assert_eq!(
+            plan_at(&after, Some(&failed), now)
+                .status
+                .start_failure
+                .unwrap()
+                .consecutive_fail_count,
+            Some(1)
+        );
+        let mut ran = vmi(VirtualMachineInstancePhase::Running, true);
+        ran.status.as_mut().unwrap().phase_transition_timestamps =
+            vec![serde_json::from_value(json!({"phase": "Running"})).unwrap()];
+        assert!(
+            plan_at(&after, Some(&ran), now)
+                .status
+                .start_failure
+                .is_none()
+        );
     }
 
     #[test]

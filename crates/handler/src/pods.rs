@@ -354,7 +354,16 @@ async fn monitor(
              "lastProbeTime": null, "lastTransitionTime": t,
              "reason": if paused { "PausedByUser" } else { "" }},
         ]);
-        let patch = json!({"status": {"phase": phase, "conditions": conditions}});
+        let mut patch = json!({"status": {"phase": phase, "conditions": conditions}});
+        if cur_phase != "Running" {
+            // The VM controller tells a VM that never ran from one that crashed by this entry.
+            let mut transitions = serde_json::to_value(&cur.phase_transition_timestamps)
+                .unwrap_or_else(|_| json!([]));
+            if let Some(a) = transitions.as_array_mut() {
+                a.push(json!({"phase": "Running", "phaseTransitionTimestamp": t}));
+            }
+            patch["status"]["phaseTransitionTimestamps"] = transitions;
+        }
         let _ = vmis
             .patch(&vmi_name, &PatchParams::default(), &Patch::Merge(patch))
             .await;
