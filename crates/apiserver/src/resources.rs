@@ -525,7 +525,7 @@ static REGISTRY: &[ResourceType] = &[
     kind!("", "v1", "Node", "nodes", "node", ["no"], [],
         namespaced: false, status: true, smp: true, columns: NODE_COLUMNS, fields: [], admit: admission::node),
     kind!("", "v1", "Event", "events", "event", ["ev"], [],
-        namespaced: true, status: false, smp: true, columns: EVENT_COLUMNS, fields: ["involvedObject.name", "involvedObject.kind", "involvedObject.uid", "reason", "type"], admit: admission::event),
+        namespaced: true, status: false, smp: true, columns: EVENT_COLUMNS, fields: ["involvedObject.name", "involvedObject.namespace", "involvedObject.kind", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "type", "reportingComponent", "source"], admit: admission::event),
     kind!("", "v1", "Secret", "secrets", "secret", [], [],
         namespaced: true, status: false, smp: true, columns: SECRET_COLUMNS, fields: ["type"], admit: admission::secret),
     kind!("", "v1", "ConfigMap", "configmaps", "configmap", ["cm"], [],

@@ -333,6 +333,25 @@ async fn vm_controller_follows_the_run_strategy() {
     })
     .await;
 
+    // What kubectl describe shows: the VM's events, found by kubectl's own field selector.
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(server.client().await, "default");
+    let selector = format!(
+        "involvedObject.name=ctl,involvedObject.namespace=default,involvedObject.kind=VirtualMachine,involvedObject.uid={}",
+        vm.metadata.uid.clone().unwrap()
+    );
+    until("a SuccessfulCreate event", async || {
+        let l = events
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .unwrap();
+        l.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+            .then_some(())
+    })
+    .await;
+
     let pp = PatchParams::default();
     vms.patch(
         "ctl",

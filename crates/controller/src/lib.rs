@@ -1,6 +1,7 @@
 //! kuvirt's cluster-wide controllers, on kube-runtime: they talk to the API server only through
 //! kube-rs, so they run the same against `kuvirt server` and a real cluster.
 
+pub mod events;
 pub mod node;
 pub mod pod;
 pub mod schedule;

@@ -18,6 +18,7 @@ use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use serde_json::json;
 
 use crate::Error;
+use crate::events::{Subject, record};
 
 /// What the controller does to the VMI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,6 +355,25 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
             .any(|r| Some(&r.uid) == vm.metadata.uid.as_ref() && r.controller == Some(true))
     });
     let plan = plan(&vm, vmi.as_ref());
+    let subject = Subject {
+        kind: "VirtualMachine",
+        namespace: &ns,
+        name: &name,
+        uid: vm.metadata.uid.as_deref(),
+    };
+    if plan.status.printable_status == Some(VirtualMachinePrintableStatus::CrashLoopBackOff)
+        && vm.status.as_ref().and_then(|s| s.printable_status.as_ref())
+            != Some(&VirtualMachinePrintableStatus::CrashLoopBackOff)
+    {
+        record(
+            &ctx.client,
+            &subject,
+            true,
+            "FailedCreate",
+            "Failed to start: the virtual machine instance failed before it ran; backing off",
+        )
+        .await;
+    }
     match &plan.action {
         VmiAction::None => {}
         VmiAction::Start => {
@@ -362,7 +382,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                 new.spec.start_strategy = Some(kuvirt_api::v1::StartStrategy::Paused);
             }
             match vmis.create(&PostParams::default(), &new).await {
-                Ok(_) => tracing::info!(vm = %name, namespace = %ns, "started: VMI created"),
+                Ok(_) => {
+                    tracing::info!(vm = %name, namespace = %ns, "started: VMI created");
+                    record(&ctx.client, &subject, false, "SuccessfulCreate", &format!(
+                        "Started the virtual machine by creating the new virtual machine instance {name}"
+                    ))
+                    .await;
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -376,7 +402,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                 ..DeleteParams::default()
             };
             match vmis.delete(&name, &dp).await {
-                Ok(_) => tracing::info!(vm = %name, namespace = %ns, "stopped: VMI deleted"),
+                Ok(_) => {
+                    tracing::info!(vm = %name, namespace = %ns, "stopped: VMI deleted");
+                    record(&ctx.client, &subject, false, "SuccessfulDelete", &format!(
+                        "Stopped the virtual machine by deleting the virtual machine instance {uid}"
+                    ))
+                    .await;
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }

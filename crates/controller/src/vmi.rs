@@ -14,6 +14,7 @@ use kuvirt_api::v1::VirtualMachineInstancePhase as Phase;
 use serde_json::json;
 
 use crate::Error;
+use crate::events::{Subject, record};
 use crate::pod::{CREATED_BY, render};
 use crate::schedule::pick;
 
@@ -99,7 +100,23 @@ pub async fn reconcile(
                         return Ok(Action::await_change());
                     }
                 };
-                pods.create(&PostParams::default(), &rendered).await?;
+                let created = pods.create(&PostParams::default(), &rendered).await?;
+                record(
+                    &ctx.client,
+                    &Subject {
+                        kind: "VirtualMachineInstance",
+                        namespace: &ns,
+                        name: &name,
+                        uid: Some(&uid),
+                    },
+                    false,
+                    "SuccessfulCreate",
+                    &format!(
+                        "Created virtual machine pod {}",
+                        created.metadata.name.unwrap_or_default()
+                    ),
+                )
+                .await;
                 set_status(
                     &vmis,
                     &name,
