@@ -165,11 +165,11 @@ fn info_works_while_qemu_holds_the_lock() {
         .arg(format!("file={},format=qcow2,if=virtio", p.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
         .spawn()
         .unwrap();
     // wait until the lock is taken: plain `qemu-img info` (without -U) starts failing
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let out = Command::new("qemu-img")
             .args(["info"])
@@ -178,6 +178,12 @@ fn info_works_while_qemu_holds_the_lock() {
             .unwrap();
         if !out.status.success() {
             break;
+        }
+        if let Some(st) = qemu.try_wait().unwrap() {
+            panic!(
+                "qemu exited ({st}) before locking the image: {}",
+                std::fs::read_to_string(dir.path().join("qemu.err")).unwrap_or_default()
+            );
         }
         assert!(
             std::time::Instant::now() < deadline,
