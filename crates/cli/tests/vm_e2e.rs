@@ -286,3 +286,126 @@ async fn a_vm_that_cannot_start_backs_off() {
     assert!(failure.consecutive_fail_count.unwrap() >= 1);
     assert!(failure.retry_after_timestamp.is_some());
 }
+
+/// RerunOnFailure: QEMU killed → the VM runs again (a new VMI); the guest powering itself off →
+/// the VM stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_on_failure_restarts_crashes_only() {
+    let guest = demo_guest();
+    let data = tempfile::tempdir().unwrap();
+    let state = state_dir();
+    let port = free_port();
+    let _server = ServerProc(
+        Command::new(KUVIRT)
+            .args(["server", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = data.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "testvm"},
+        "spec": {"runStrategy": "RerunOnFailure", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+                       "memory": {"guest": "256Mi"}},
+            "volumes": [{"name": "root", "containerDisk": {"image": format!("oci:{}", guest.join("oci").display())}}]}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let running = async |not: Option<String>| {
+        until("a running VMI", Duration::from_secs(120), async || {
+            let v = vmis.get_opt("testvm").await.ok()??;
+            let ok =
+                v.status.as_ref()?.phase.as_ref()?.as_str() == "Running" && v.metadata.uid != not;
+            ok.then_some(v.metadata.uid.clone().unwrap())
+        })
+        .await
+    };
+    let first = running(None).await;
+    until("the guest ready", Duration::from_secs(120), async || {
+        console(state.path())
+            .contains("kuvirt-guest: ready")
+            .then_some(())
+    })
+    .await;
+
+    // QEMU dies: a failure, so the VM runs again.
+    for pid in qemu_under(state.path()) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let second = running(Some(first)).await;
+    until(
+        "the second guest ready",
+        Duration::from_secs(120),
+        async || (console(state.path()).matches("kuvirt-guest: ready").count() >= 2).then_some(()),
+    )
+    .await;
+
+    // The guest powers off cleanly: RerunOnFailure leaves it down.
+    let short: String = second
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let out = Command::new(KUVIRT)
+        .args(["ctl", "--vm-dir"])
+        .arg(state.path().join(format!("vms/default/testvm-{short}")))
+        .arg("shutdown")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until("Succeeded", Duration::from_secs(60), async || {
+        let v = vmis.get_opt("testvm").await.ok()??;
+        (v.status?.phase?.as_str() == "Succeeded").then_some(())
+    })
+    .await;
+    until("VM Stopped", Duration::from_secs(30), async || {
+        let s = vms.get("testvm").await.ok()?.status?;
+        (s.printable_status?.as_str() == "Stopped").then_some(())
+    })
+    .await;
+    // Stays down: the same finished VMI, no third boot, for a few of the controller's passes.
+    let until_quiet = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until_quiet {
+        let v = vmis.get("testvm").await.unwrap();
+        assert_eq!(
+            v.metadata.uid.as_deref(),
+            Some(second.as_str()),
+            "restarted after a clean poweroff"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        console(state.path())
+            .matches("kuvirt-guest: booted")
+            .count(),
+        2
+    );
+}
