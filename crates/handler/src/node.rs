@@ -35,16 +35,18 @@ fn now() -> String {
 }
 
 /// The status a healthy node reports.
-fn status(mem: u64, cpus: usize) -> serde_json::Value {
+/// `since` is when the node last became Ready (kept across heartbeats), else now.
+fn status(mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
     let resources = json!({"memory": mem.to_string(), "cpu": cpus.to_string(), "pods": "110"});
     let t = now();
+    let since = since.unwrap_or_else(|| t.clone());
     json!({
         "capacity": resources,
         "allocatable": resources,
         "conditions": [{
             "type": "Ready", "status": "True", "reason": "KuvirtHandlerReady",
             "message": "kuvirt handler is posting ready status",
-            "lastHeartbeatTime": t, "lastTransitionTime": t,
+            "lastHeartbeatTime": t, "lastTransitionTime": since,
         }],
         "nodeInfo": {
             "kubeletVersion": concat!("kuvirt-", env!("CARGO_PKG_VERSION")),
@@ -81,11 +83,24 @@ pub async fn register(client: &kube::Client, name: &str) -> Result<(), Error> {
 pub async fn heartbeat(client: &kube::Client, name: &str) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let (mem, cpus) = capacity();
+    // A merge patch replaces the conditions list: carry the Ready transition time over while
+    // the node stays Ready.
+    let since = nodes
+        .get_opt(name)
+        .await?
+        .and_then(|n| n.status)
+        .and_then(|s| s.conditions)
+        .and_then(|cs| {
+            cs.into_iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time)
+        .map(|t| t.0.to_string());
     nodes
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status(mem, cpus) })),
+            &Patch::Merge(json!({ "status": status(mem, cpus, since) })),
         )
         .await?;
     Ok(())
