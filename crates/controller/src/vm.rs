@@ -36,8 +36,7 @@ pub enum VmiAction {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub action: VmiAction,
-    /// Set `spec.runStrategy` (a `Once` VM whose run is over becomes `Halted`; a paused start of a
-    /// `Halted` VM makes it `Always`).
+    /// Set `spec.runStrategy` (a paused start of a `Halted` VM makes it `Always`).
     pub run_strategy: Option<RunStrategy>,
     /// Start the new VMI with its vCPUs paused (`virtctl start --paused`).
     pub start_paused: bool,
@@ -171,10 +170,8 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
                 uid: v.metadata.uid.clone().unwrap_or_default(),
             },
             (RunStrategy::Once, None) => VmiAction::Start,
-            (RunStrategy::Once, Some(v)) if finished(v) => {
-                run_strategy = Some(RunStrategy::Halted);
-                VmiAction::None
-            }
+            // Once: the finished VMI stays, and nothing starts again (the spec is the user's and is
+            // left alone, as in KubeVirt).
             _ => VmiAction::None,
         };
     }
@@ -641,11 +638,20 @@ mod tests {
     }
 
     #[test]
-    fn once_runs_once_then_halts() {
+    fn once_runs_once_and_stays_down() {
         assert_eq!(plan(&vm("Once"), None).action, VmiAction::Start);
-        let done = vmi(VirtualMachineInstancePhase::Succeeded, false);
-        let p = plan(&vm("Once"), Some(&done));
-        assert_eq!(p.run_strategy, Some(RunStrategy::Halted));
+        for phase in [
+            VirtualMachineInstancePhase::Succeeded,
+            VirtualMachineInstancePhase::Failed,
+        ] {
+            let done = vmi(phase, false);
+            let p = plan(&vm("Once"), Some(&done));
+            assert_eq!((p.action, p.run_strategy), (VmiAction::None, None));
+            assert_eq!(
+                p.status.printable_status,
+                Some(VirtualMachinePrintableStatus::Stopped)
+            );
+        }
     }
 
     #[test]
