@@ -26,6 +26,56 @@ impl Drop for ServerProc {
     }
 }
 
+/// `kuvirt server` with its node agent on this host: data and VM state in temp dirs, TCG.
+struct Plane {
+    data: tempfile::TempDir,
+    state: tempfile::TempDir,
+    port: u16,
+}
+
+impl Plane {
+    fn new() -> Plane {
+        Plane {
+            data: tempfile::tempdir().unwrap(),
+            state: state_dir(),
+            port: free_port(),
+        }
+    }
+
+    /// Starts the server and waits until it listens and its kubeconfig exists.
+    fn spawn(&self) -> ServerProc {
+        let proc = ServerProc(
+            Command::new(KUVIRT)
+                .args(["server", "--data-dir"])
+                .arg(self.data.path())
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--state-dir")
+                .arg(self.state.path())
+                .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let kubeconfig = self.data.path().join("kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() || !kubeconfig.exists() {
+            assert!(Instant::now() < deadline, "server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proc
+    }
+
+    async fn client(&self) -> kube::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kc = Kubeconfig::read_from(self.data.path().join("kubeconfig")).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
 async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     loop {
@@ -51,37 +101,10 @@ fn console(state: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     let guest = demo_guest();
-    let data = tempfile::tempdir().unwrap();
-    let state = state_dir();
-    let port = free_port();
-    let spawn = || {
-        ServerProc(
-            Command::new(KUVIRT)
-                .args(["server", "--data-dir"])
-                .arg(data.path())
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .arg("--state-dir")
-                .arg(state.path())
-                .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let mut server = spawn();
-    let kubeconfig = data.path().join("kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
+    let plane = Plane::new();
+    let state = &plane.state;
+    let mut server = plane.spawn();
+    let client = plane.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
 
@@ -138,7 +161,7 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     assert_eq!(qemu.len(), 1, "one QEMU for one VM");
     let heartbeats = |log: &str| log.matches("kuvirt-guest: heartbeat").count();
     drop(server);
-    server = spawn();
+    server = plane.spawn();
     let launchers = || {
         std::fs::read_dir("/proc")
             .unwrap()
@@ -241,34 +264,9 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
 /// status.startFailure) instead of restarting it in a tight loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_that_cannot_start_backs_off() {
-    let data = tempfile::tempdir().unwrap();
-    let state = state_dir();
-    let port = free_port();
-    let _server = ServerProc(
-        Command::new(KUVIRT)
-            .args(["server", "--data-dir"])
-            .arg(data.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let kubeconfig = data.path().join("kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let vms: Api<VirtualMachine> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "default");
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let vms: Api<VirtualMachine> = Api::namespaced(plane.client().await, "default");
     let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "broken"},
         "spec": {"runStrategy": "Always", "template": {"spec": {
@@ -292,34 +290,10 @@ async fn a_vm_that_cannot_start_backs_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerun_on_failure_restarts_crashes_only() {
     let guest = demo_guest();
-    let data = tempfile::tempdir().unwrap();
-    let state = state_dir();
-    let port = free_port();
-    let _server = ServerProc(
-        Command::new(KUVIRT)
-            .args(["server", "--data-dir"])
-            .arg(data.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let kubeconfig = data.path().join("kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
+    let plane = Plane::new();
+    let state = &plane.state;
+    let _server = plane.spawn();
+    let client = plane.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
     let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
