@@ -1,17 +1,13 @@
 //! Object metadata on JSON objects: names, uids, timestamps, generation, owner references,
 //! finalizers; the parts of Kubernetes' `ObjectMeta` semantics every kind shares.
 
-use rand::Rng;
 use serde_json::{Map, Value, json};
 
 use crate::admission::FieldCause;
 
 /// Now, RFC 3339 with second precision, as Kubernetes writes times.
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    kuvirt_apimachinery::meta::format_time(std::time::SystemTime::now())
 }
 
 /// `metadata`, created if missing (callers have checked that `obj` is an object).
@@ -78,15 +74,6 @@ pub fn owner_uids(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Kubernetes' generateName suffix: five characters from its consonant-and-digit alphabet.
-pub fn generate_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 /// RFC 1123 subdomain (most kinds' names); `label` requires an RFC 1123 label (namespaces).
 pub fn check_name(name: &str, label: bool) -> Result<(), FieldCause> {
     let max = if label { 63 } else { 253 };
@@ -119,19 +106,6 @@ pub fn check_name(name: &str, label: bool) -> Result<(), FieldCause> {
     })
 }
 
-/// Whether anything outside metadata and status differs (what bumps `generation`).
-pub fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("metadata");
-            m.remove("status");
-        }
-        v
-    };
-    strip(old) != strip(new)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +118,6 @@ mod tests {
         assert!(check_name("Upper", false).is_err());
         assert!(check_name("-x", false).is_err());
         assert!(check_name(&"a".repeat(64), true).is_err());
-        let s = generate_suffix();
-        assert_eq!(s.len(), 5);
-    }
-
-    #[test]
-    fn generation_ignores_metadata_and_status() {
-        let a = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"x": 1}, "status": {"y": 1}});
-        let mut b = a.clone();
-        b["metadata"]["labels"]["a"] = json!("c");
-        b["status"]["y"] = json!(2);
-        assert!(!spec_changed(&a, &b));
-        b["spec"]["x"] = json!(2);
-        assert!(spec_changed(&a, &b));
     }
 
     #[test]

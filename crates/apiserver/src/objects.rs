@@ -317,7 +317,7 @@ pub async fn create(
     let name = match meta::name(&obj) {
         Some(n) => n.to_string(),
         None => match meta::meta_str(&obj, "generateName").filter(|g| !g.is_empty()) {
-            Some(prefix) => format!("{prefix}{}", meta::generate_suffix()),
+            Some(prefix) => kuvirt_apimachinery::meta::generate_name(prefix),
             None => {
                 return Err(ApiError::invalid(
                     rt,
@@ -529,7 +529,8 @@ async fn update_once(
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    let bump = meta::spec_changed(&old, &new);
+    // Everything outside metadata and status counts, for every kind.
+    let bump = kuvirt_apimachinery::meta::generation_changes(&old, &new, true);
     meta_mut(&mut new).insert(
         "generation".into(),
         json!(if bump { generation + 1 } else { generation }),
