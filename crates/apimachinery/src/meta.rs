@@ -84,6 +84,11 @@ pub fn format_time(t: SystemTime) -> String {
     }
 }
 
+/// The current time as [`format_time`] writes it.
+pub fn now() -> String {
+    format_time(SystemTime::now())
+}
+
 /// RFC 3339 with microseconds, as `metav1.MicroTime` serialises (Events, Leases).
 pub fn format_micro_time(t: SystemTime) -> String {
     match jiff::Timestamp::try_from(t) {

@@ -7,7 +7,7 @@ use crate::admission::FieldCause;
 
 /// Now, RFC 3339 with second precision, as Kubernetes writes times.
 pub fn now() -> String {
-    kuvirt_apimachinery::meta::format_time(std::time::SystemTime::now())
+    kuvirt_apimachinery::meta::now()
 }
 
 /// `metadata`, created if missing (callers have checked that `obj` is an object).

@@ -227,16 +227,11 @@ fn transition(vmi: &VirtualMachineInstance, phase: &str) -> serde_json::Value {
     )
     .unwrap_or_else(|_| json!([]));
     if let Some(a) = list.as_array_mut() {
-        a.push(json!({"phase": phase, "phaseTransitionTimestamp": now()}));
+        a.push(
+            json!({"phase": phase, "phaseTransitionTimestamp": kuvirt_apimachinery::meta::now()}),
+        );
     }
     list
-}
-
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or(t)
-        .to_string()
 }
 
 /// The VMI's conditions with `type_` set (transition time kept when the status is unchanged).
@@ -259,7 +254,7 @@ fn conditions(
         if c.type_.as_str() == type_ {
             found = true;
             if c.status != status {
-                v["lastTransitionTime"] = json!(now());
+                v["lastTransitionTime"] = json!(kuvirt_apimachinery::meta::now());
             }
             v["status"] = json!(status);
             v["reason"] = json!(reason);
@@ -270,7 +265,7 @@ fn conditions(
     if !found {
         out.push(
             json!({"type": type_, "status": status, "reason": reason, "message": message,
-                        "lastTransitionTime": now(), "lastProbeTime": null}),
+                        "lastTransitionTime": kuvirt_apimachinery::meta::now(), "lastProbeTime": null}),
         );
     }
     json!(out)

@@ -27,18 +27,11 @@ pub fn capacity() -> (u64, usize) {
     (mem, cpus)
 }
 
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or(t)
-        .to_string()
-}
-
 /// The status a healthy node reports.
 /// `since` is when the node last became Ready (kept across heartbeats), else now.
 fn status(mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
     let resources = json!({"memory": mem.to_string(), "cpu": cpus.to_string(), "pods": "110"});
-    let t = now();
+    let t = kuvirt_apimachinery::meta::now();
     let since = since.unwrap_or_else(|| t.clone());
     json!({
         "capacity": resources,

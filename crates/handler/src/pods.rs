@@ -47,13 +47,6 @@ struct Launcher {
 
 type Launchers = Arc<Mutex<HashMap<String, Launcher>>>;
 
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or(t)
-        .to_string()
-}
-
 /// Runs launcher pods for this node until the watch ends.
 pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     let pods: Api<Pod> = Api::all(client.clone());
@@ -241,10 +234,10 @@ async fn start(
             &Patch::Merge(json!({"status": {
                 "phase": "Running",
                 "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-                "startTime": now(),
+                "startTime": kuvirt_apimachinery::meta::now(),
                 "containerStatuses": [{"name": "compute", "ready": true, "restartCount": 0,
                                        "image": "kuvirt", "imageID": "",
-                                       "state": {"running": {"startedAt": now()}}}],
+                                       "state": {"running": {"startedAt": kuvirt_apimachinery::meta::now()}}}],
             }})),
         )
         .await;
@@ -346,7 +339,7 @@ async fn monitor(
         {
             continue;
         }
-        let t = now();
+        let t = kuvirt_apimachinery::meta::now();
         let conditions = json!([
             {"type": "Ready", "status": if ready { "True" } else { "False" },
              "lastProbeTime": null, "lastTransitionTime": t},
@@ -375,7 +368,7 @@ async fn monitor(
         "the launcher failed"
     };
     tracing::info!(vmi = %vmi_name, namespace = %ns, %phase, %reason, "vm ended");
-    let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": now()}]);
+    let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": kuvirt_apimachinery::meta::now()}]);
     let ours = vmis
         .get(&vmi_name)
         .await
