@@ -158,18 +158,7 @@ async fn start(
         .and_then(|l| l.get("kubevirt.io/created-by"))
         .cloned()
         .ok_or_else(|| Error::Pod(format!("pod {ns}/{pod_name} names no VMI uid")))?;
-    // One directory per VMI (not per name): a restarted VM's new VMI never meets the old one's
-    // launcher, socket or lock.
-    let short: String = vmi_uid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(8)
-        .collect();
-    let vm_dir = cfg
-        .state_dir
-        .join("vms")
-        .join(&ns)
-        .join(format!("{vmi}-{short}"));
+    let vm_dir = vm_dir(&cfg.state_dir, &ns, &vmi, &vmi_uid);
     // A launcher that outlived an earlier handler (VMs survive handler restarts) is adopted, not
     // started again.
     if call(&vm_dir.join("launcher.sock"), Request::Status)
@@ -257,6 +246,17 @@ async fn start(
         pid,
         _monitor: monitor,
     })
+}
+
+/// The directory of one VMI's launcher: one per VMI (not per name), so a restarted VM's new VMI
+/// never meets the old one's launcher, socket or lock.
+pub fn vm_dir(state_dir: &std::path::Path, ns: &str, vmi: &str, vmi_uid: &str) -> PathBuf {
+    let short: String = vmi_uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    state_dir.join("vms").join(ns).join(format!("{vmi}-{short}"))
 }
 
 /// How an adopted launcher's VM ended, from the file the launcher writes before it exits.
