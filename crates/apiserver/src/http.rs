@@ -40,6 +40,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route("/version", get(version))
+        .route("/cacerts", get(cacerts))
+        .route(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{*rest}",
+            axum::routing::any(crate::nodeproxy::handle),
+        )
         .fallback(dispatch)
         // Bodies are limited in `dispatch`, so an oversized one gets a Status like any error.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -60,7 +65,21 @@ async fn version() -> Json<Value> {
     }))
 }
 
-fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Token, ApiError> {
+/// The CA certificate, without credentials: a joining agent checks it against the hash in its
+/// join token before it trusts this server with the token.
+async fn cacerts(State(state): State<Arc<AppState>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.creds.ca_pem.clone(),
+    )
+        .into_response()
+}
+
+pub(crate) fn authenticate<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+) -> Result<&'a Token, ApiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -220,7 +239,7 @@ fn verb(
 
 fn authorize(user: &Token, verb: &str, t: &Target) -> Result<(), ApiError> {
     let allowed = match user.role {
-        Role::Admin => true,
+        Role::Admin | Role::Node => true,
         Role::ReadOnly => matches!(verb, "get" | "list" | "watch"),
     };
     if allowed {

@@ -49,6 +49,9 @@ pub enum Role {
     Admin,
     /// get, list and watch only.
     ReadOnly,
+    /// A node agent joining with the node token: every verb on objects (its launchers read the
+    /// VMIs' Secrets), but none of the VM subresources users are given (console, VNC, pause…).
+    Node,
 }
 
 /// One bearer token.
@@ -63,6 +66,12 @@ pub struct Token {
 #[derive(Clone)]
 pub struct Credentials {
     pub ca_pem: String,
+    /// The client certificate (PEM) the API server presents to node agents' endpoints.
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+    /// What `kuvirt agent --token-file` reads: `kuvirt1:<SHA-256 of the CA, hex>:<node token>`,
+    /// so an agent can check the server it joins before sending its token.
+    pub join_token: String,
     pub tls: Arc<rustls::ServerConfig>,
     pub tokens: Vec<Token>,
     pub kubeconfig: PathBuf,
@@ -106,7 +115,20 @@ pub fn ensure(
     let (ca_params, ca_key, ca_pem) = ca(&pki)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let (cert_pem, key_pem) = serving(&pki, hosts, &issuer)?;
+    let (client_cert_pem, client_key_pem) = client(&pki, &issuer)?;
     let tokens = tokens(&data_dir.join("tokens.json"))?;
+    let node = tokens
+        .iter()
+        .find(|t| t.role == Role::Node)
+        .ok_or_else(|| PkiError::Bad {
+            path: data_dir.join("tokens.json").display().to_string(),
+            message: "no node token".into(),
+        })?;
+    let join_token = format!("kuvirt1:{}:{}", ca_sha256(&ca_pem)?, node.token);
+    write_private(
+        &data_dir.join("node-token"),
+        format!("{join_token}\n").as_bytes(),
+    )?;
 
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -140,6 +162,9 @@ pub fn ensure(
     )?;
     Ok(Credentials {
         ca_pem,
+        client_cert_pem,
+        client_key_pem,
+        join_token,
         tls: Arc::new(tls),
         tokens,
         kubeconfig,
@@ -187,8 +212,9 @@ fn ca(pki: &Path) -> Result<(CertificateParams, KeyPair, String), PkiError> {
     let cert = ca_params().self_signed(&kp)?;
     write_private(&key, kp.serialize_pem().as_bytes())?;
     write_private(&crt, cert.pem().as_bytes())?;
-    // A new CA invalidates any serving certificate signed by an old one.
+    // A new CA invalidates any certificate signed by an old one.
     let _ = fs::remove_file(pki.join("server.names"));
+    let _ = fs::remove_file(pki.join("client.crt"));
     Ok((ca_params(), kp, cert.pem()))
 }
 
@@ -233,14 +259,56 @@ fn serving(
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
-/// The token file: created with one admin and one read-only token when missing.
+/// SHA-256 (hex) of the first certificate in `pem`: what a join token pins.
+pub fn ca_sha256(pem: &str) -> Result<String, PkiError> {
+    use sha2::Digest;
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| PkiError::Bad {
+            path: "ca.crt".into(),
+            message: "no certificate".into(),
+        })?;
+    Ok(hex::encode(sha2::Sha256::digest(der.as_ref())))
+}
+
+/// The API server's client certificate for node agents' endpoints (client auth only, so no
+/// other certificate the CA signed can stand in for it).
+fn client(pki: &Path, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), PkiError> {
+    let crt = pki.join("client.crt");
+    let key = pki.join("client.key");
+    if let (Ok(c), Ok(k)) = (fs::read_to_string(&crt), fs::read_to_string(&key)) {
+        return Ok((c, k));
+    }
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "kuvirt-apiserver-client");
+    p.distinguished_name = dn;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let kp = KeyPair::generate()?;
+    let cert = p.signed_by(&kp, issuer)?;
+    write_private(&key, kp.serialize_pem().as_bytes())?;
+    fs::write(&crt, cert.pem()).map_err(io(&crt))?;
+    Ok((cert.pem(), kp.serialize_pem()))
+}
+
+/// The token file: created with an admin, a read-only and a node token when missing (a file
+/// from before node tokens gets one added).
 fn tokens(path: &Path) -> Result<Vec<Token>, PkiError> {
     if path.exists() {
         let text = fs::read(path).map_err(io(path))?;
-        return serde_json::from_slice(&text).map_err(|e| PkiError::Bad {
+        let mut tokens: Vec<Token> = serde_json::from_slice(&text).map_err(|e| PkiError::Bad {
             path: path.display().to_string(),
             message: e.to_string(),
-        });
+        })?;
+        if !tokens.iter().any(|t| t.role == Role::Node) {
+            tokens.push(node_token());
+            save_tokens(path, &tokens)?;
+        }
+        return Ok(tokens);
     }
     let tokens = vec![
         Token {
@@ -253,13 +321,26 @@ fn tokens(path: &Path) -> Result<Vec<Token>, PkiError> {
             user: "viewer".into(),
             role: Role::ReadOnly,
         },
+        node_token(),
     ];
+    save_tokens(path, &tokens)?;
+    Ok(tokens)
+}
+
+fn node_token() -> Token {
+    Token {
+        token: random_token(),
+        user: "system:node".into(),
+        role: Role::Node,
+    }
+}
+
+fn save_tokens(path: &Path, tokens: &[Token]) -> Result<(), PkiError> {
     let json = serde_json::to_vec_pretty(&tokens).map_err(|e| PkiError::Bad {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    write_private(path, &json)?;
-    Ok(tokens)
+    write_private(path, &json)
 }
 
 fn random_token() -> String {

@@ -1,6 +1,7 @@
 //! KubeVirt's VirtualMachine subresources: `PUT /apis/subresources.kubevirt.io/v1/namespaces/NS/
 //! virtualmachines/NAME/{start,stop,restart}` with virt-api's rules per run strategy (spec writes
-//! for Always/Halted, `status.stateChangeRequests` for the rest), and their discovery documents.
+//! for Always/Halted, `status.stateChangeRequests` for the rest), and the group's discovery
+//! document (the VMI subresources are `nodeproxy`'s).
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -81,17 +82,24 @@ pub fn route(path: &str) -> Option<Call> {
 
 /// `/apis/subresources.kubevirt.io/v1`: what virt-api lists for the VM subresources served here.
 pub fn resource_list() -> Value {
+    let entry = |name: String, verb: &str| {
+        json!({
+            "name": name,
+            "singularName": "",
+            "namespaced": true,
+            "kind": "",
+            "verbs": [verb],
+        })
+    };
     let resources: Vec<Value> = [Verb::Start, Verb::Stop, Verb::Restart]
         .iter()
-        .map(|v| {
-            json!({
-                "name": format!("virtualmachines/{}", v.name()),
-                "singularName": "",
-                "namespaced": true,
-                "kind": "",
-                "verbs": ["update"],
-            })
-        })
+        .map(|v| entry(format!("virtualmachines/{}", v.name()), "update"))
+        .chain(crate::nodeproxy::VmiVerb::ALL.iter().map(|v| {
+            entry(
+                format!("virtualmachineinstances/{}", v.path()),
+                v.kube_verb(),
+            )
+        }))
         .collect();
     json!({
         "kind": "APIResourceList",
