@@ -104,6 +104,14 @@ struct NodeArgs {
     /// Seconds without a heartbeat after which a node is lost and its VMIs fail.
     #[arg(long, default_value = "40", hide = true)]
     node_heartbeat_timeout: u64,
+    /// Where the node agent's endpoint (console, VNC, pause… proxied by the API server)
+    /// listens; port 0 picks a free one, published on the Node.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    agent_listen: std::net::SocketAddr,
+    /// The address the API server reaches this node at (default: the source address of the
+    /// route to the API server, or of the default route).
+    #[arg(long)]
+    node_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -320,7 +328,7 @@ async fn server(
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "localhost".into())
         });
-        let cfg = kuvirt_handler::RunnerConfig {
+        let runner = kuvirt_handler::RunnerConfig {
             node: name,
             exe: std::env::current_exe()?,
             kubeconfig: running.creds.kubeconfig.clone(),
@@ -331,6 +339,14 @@ async fn server(
                     .unwrap_or_else(|| PathBuf::from("/var/lib/kuvirt/node")),
             ))?,
             accel: node.accel.clone(),
+        };
+        let cfg = kuvirt_handler::AgentConfig {
+            runner,
+            endpoint_listen: node.agent_listen,
+            ca_pem: running.creds.ca_pem.clone(),
+            node_ip: node
+                .node_ip
+                .unwrap_or_else(|| kuvirt_handler::node::node_ip(listen.ip())),
         };
         let client = client.clone();
         Some(tokio::spawn(async move {

@@ -16,25 +16,52 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Pod(String),
+    #[error("endpoint: {0}")]
+    Endpoint(#[from] endpoint::EndpointError),
 }
 
-/// Registers the node, then heartbeats and runs its pods until the task is dropped.
-pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
-    node::register(&client, &cfg.node).await?;
+/// Everything a node agent needs besides its API client.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub runner: RunnerConfig,
+    /// Where the agent's endpoint listens (port 0: any free port; the Node says which).
+    pub endpoint_listen: std::net::SocketAddr,
+    /// The cluster CA (PEM): the endpoint accepts only clients it signed.
+    pub ca_pem: String,
+    /// The address the API server reaches this node at (its InternalIP).
+    pub node_ip: std::net::IpAddr,
+}
+
+/// Starts the endpoint, registers the node, then heartbeats and runs its pods until the task is
+/// dropped.
+pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
+    let ep = endpoint::start(endpoint::EndpointConfig {
+        listen: cfg.endpoint_listen,
+        state_dir: cfg.runner.state_dir.clone(),
+        ca_pem: cfg.ca_pem.clone(),
+    })
+    .await?;
+    let me = node::Identity {
+        name: cfg.runner.node.clone(),
+        ip: cfg.node_ip,
+        endpoint_port: ep.addr.port(),
+        cert_sha256: ep.cert_sha256.clone(),
+    };
+    node::register(&client, &me).await?;
     let hb_client = client.clone();
-    let name = cfg.node.clone();
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(node::HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = node::heartbeat(&hb_client, &name).await {
+            if let Err(e) = node::heartbeat(&hb_client, &me).await {
                 tracing::warn!(error = %e, "node heartbeat failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     });
-    let r = pods::run(client, cfg).await;
+    let r = pods::run(client, cfg.runner).await;
     heartbeat.abort();
+    drop(ep);
     r
 }

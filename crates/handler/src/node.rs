@@ -27,15 +27,53 @@ pub fn capacity() -> (u64, usize) {
     (mem, cpus)
 }
 
+/// Who this node is and where its endpoint listens.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub name: String,
+    pub ip: std::net::IpAddr,
+    pub endpoint_port: u16,
+    /// SHA-256 (hex) of the endpoint's certificate.
+    pub cert_sha256: String,
+}
+
+/// The address the API server at `server` reaches this host at: the source address of the route
+/// towards it (no packet is sent), or for a server on loopback, of the default route; loopback
+/// when there is none.
+pub fn node_ip(server: std::net::IpAddr) -> std::net::IpAddr {
+    let probe = |to: std::net::SocketAddr| {
+        let any: std::net::SocketAddr = if to.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let s = std::net::UdpSocket::bind(any).ok()?;
+        s.connect(to).ok()?;
+        s.local_addr().ok().map(|a| a.ip())
+    };
+    let via = if server.is_loopback() || server.is_unspecified() {
+        // Any routable address: only the routing decision is used.
+        probe(([192, 0, 2, 1], 9).into())
+    } else {
+        probe((server, 9).into())
+    };
+    via.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 /// The status a healthy node reports.
 /// `since` is when the node last became Ready (kept across heartbeats), else now.
-fn status(mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
+fn status(me: &Identity, mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
     let resources = json!({"memory": mem.to_string(), "cpu": cpus.to_string(), "pods": "110"});
     let t = kuvirt_apimachinery::meta::now();
     let since = since.unwrap_or_else(|| t.clone());
     json!({
         "capacity": resources,
         "allocatable": resources,
+        "addresses": [
+            {"type": "InternalIP", "address": me.ip.to_string()},
+            {"type": "Hostname", "address": me.name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": me.endpoint_port}},
         "conditions": [{
             "type": "Ready", "status": "True", "reason": "KuvirtHandlerReady",
             "message": "kuvirt handler is posting ready status",
@@ -51,7 +89,8 @@ fn status(mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
 }
 
 /// Creates the Node if it does not exist and reports its status.
-pub async fn register(client: &kube::Client, name: &str) -> Result<(), Error> {
+pub async fn register(client: &kube::Client, me: &Identity) -> Result<(), Error> {
+    let name = me.name.as_str();
     let nodes: Api<Node> = Api::all(client.clone());
     let mut labels = BTreeMap::new();
     labels.insert("kubernetes.io/hostname".to_string(), name.to_string());
@@ -69,11 +108,22 @@ pub async fn register(client: &kube::Client, name: &str) -> Result<(), Error> {
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
-    heartbeat(client, name).await
+    // The endpoint's certificate may be new (a new state directory): publish its hash.
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                crate::endpoint::CERT_ANNOTATION: me.cert_sha256,
+            }}})),
+        )
+        .await?;
+    heartbeat(client, me).await
 }
 
 /// Reports the node Ready with a fresh heartbeat time.
-pub async fn heartbeat(client: &kube::Client, name: &str) -> Result<(), Error> {
+pub async fn heartbeat(client: &kube::Client, me: &Identity) -> Result<(), Error> {
+    let name = me.name.as_str();
     let nodes: Api<Node> = Api::all(client.clone());
     let (mem, cpus) = capacity();
     // A merge patch replaces the conditions list: carry the Ready transition time over while
@@ -93,7 +143,7 @@ pub async fn heartbeat(client: &kube::Client, name: &str) -> Result<(), Error> {
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status(mem, cpus, since) })),
+            &Patch::Merge(json!({ "status": status(me, mem, cpus, since) })),
         )
         .await?;
     Ok(())
