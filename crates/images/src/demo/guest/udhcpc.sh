@@ -32,6 +32,7 @@ bound|renew)
     [ -n "$siaddr" ] && [ "$siaddr" != 0.0.0.0 ] && line="$line siaddr=$siaddr"
     [ -n "$ntpsrv" ] && line="$line ntp=$(echo $ntpsrv | tr ' ' ,)"
     [ -n "$mtu" ] && line="$line mtu=$mtu"
+    read -r mac <"/sys/class/net/$interface/address" && line="$line mac=$mac"
     echo "$line" >/dev/console
     ;;
 leasefail|nak)
