@@ -1,9 +1,12 @@
 //! `kuvirt`: one binary for every role. This session's verbs: run, image, demo-image, ctl.
 
 mod console;
+mod create;
+mod expose;
 mod kubectl;
 mod launcher;
 mod manifest;
+mod rename;
 mod run;
 mod verbs;
 
@@ -76,6 +79,14 @@ enum Command {
     Stop(verbs::StopArgs),
     /// Restart a VirtualMachine: a new VMI replaces the running one (like virtctl restart).
     Restart(verbs::RestartArgs),
+    /// Print a manifest built from flags (like virtctl create).
+    #[command(subcommand)]
+    Create(create::CreateCommand),
+    /// Rename a stopped VirtualMachine, keeping its guest's MACs and firmware UUID.
+    #[command(subcommand)]
+    Rename(rename::RenameCommand),
+    /// Create a Service selecting a VM's launcher pod (like virtctl expose).
+    Expose(expose::ExposeArgs),
     /// Talk to a running VM's launcher (plumbing; `kuvirt run` prints the directory).
     Ctl {
         /// The VM's directory (holding launcher.sock).
@@ -192,6 +203,9 @@ async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Start(args) => verbs::start(args).await,
         Command::Stop(args) => verbs::stop(args).await,
         Command::Restart(args) => verbs::restart(args).await,
+        Command::Create(cmd) => create::run(cmd).await,
+        Command::Rename(cmd) => rename::run(cmd).await,
+        Command::Expose(args) => expose::run(args).await,
         Command::Server {
             data_dir,
             listen,
