@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod node;
 pub mod pods;
+pub mod sandbox;
 
 use std::time::Duration;
 
