@@ -4,6 +4,7 @@
 pub mod events;
 pub mod node;
 pub mod pod;
+pub mod podcidr;
 pub mod schedule;
 pub mod vm;
 pub mod vmi;
@@ -36,6 +37,8 @@ pub struct Options {
     pub memory_overcommit: u64,
     /// A node that has not reported for this long is lost.
     pub node_heartbeat_timeout: Duration,
+    /// The pod network that nodes get their pod CIDRs from.
+    pub cluster_cidr: podcidr::ClusterCidr,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             schedule: true,
             memory_overcommit: 100,
             node_heartbeat_timeout: node::HEARTBEAT_TIMEOUT,
+            cluster_cidr: podcidr::ClusterCidr::default(),
         }
     }
 }
@@ -99,7 +103,11 @@ pub async fn run(
                 tracing::debug!(error = %e, "vmi controller");
             }
         });
-    let nodes = tokio::spawn(node::run(client_for_nodes, opts.node_heartbeat_timeout));
+    let nodes = tokio::spawn(node::run(
+        client_for_nodes,
+        opts.node_heartbeat_timeout,
+        opts.cluster_cidr,
+    ));
     tokio::join!(vm_controller, vmi_controller);
     nodes.abort();
 }

@@ -1,5 +1,6 @@
 //! The node controller: a node whose agent stopped heartbeating is marked not ready, and the VMIs
-//! it ran are failed so that their VMs (Always, RerunOnFailure) start again on a live node.
+//! it ran are failed so that their VMs (Always, RerunOnFailure) start again on a live node. It
+//! also runs node IPAM ([`crate::podcidr`]).
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use kuvirt_api::VirtualMachineInstance;
 use serde_json::json;
 
 use crate::Error;
+use crate::podcidr::ClusterCidr;
 
 /// By default a node that has not reported for this long is considered lost (its agent
 /// heartbeats every 10 s).
@@ -40,10 +42,18 @@ fn was_ready(node: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// Checks every node every few seconds until the task is dropped. Nothing is judged during the
+/// Checks every node every few seconds until the task is dropped, and gives every node a pod
+/// CIDR from `cluster_cidr` (at once, not after the grace period). Nothing is judged during the
 /// first `timeout` after start: a control plane that was down must first give agents the chance
 /// to report again.
-pub async fn run(client: kube::Client, timeout: Duration) {
+pub async fn run(client: kube::Client, timeout: Duration, cluster_cidr: ClusterCidr) {
+    tokio::join!(
+        crate::podcidr::run(client.clone(), cluster_cidr),
+        heartbeats(client, timeout)
+    );
+}
+
+async fn heartbeats(client: kube::Client, timeout: Duration) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1).max(timeout / 8));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
