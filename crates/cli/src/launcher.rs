@@ -40,9 +40,24 @@ pub struct LauncherArgs {
     qemu: PathBuf,
     #[arg(long, default_value = "/usr/share/OVMF", hide = true)]
     ovmf_dir: PathBuf,
+    /// A cgroup directory to join before anything else (one per hierarchy; QEMU inherits it).
+    #[arg(long = "cgroup", value_name = "DIR")]
+    cgroups: Vec<PathBuf>,
+}
+
+/// Moves this process into each cgroup directory (QEMU, started later, inherits them).
+fn join_cgroups(dirs: &[PathBuf]) -> Result<()> {
+    let pid = std::process::id().to_string();
+    for dir in dirs {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, &pid)
+            .with_context(|| format!("joining cgroup {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 pub async fn launcher(args: LauncherArgs) -> Result<i32> {
+    join_cgroups(&args.cgroups)?;
     let mut signals = Signals::new()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
