@@ -1,28 +1,34 @@
 //! Embedded mode's pod runner: the launcher pods bound to this node become `kuvirt launcher`
-//! processes; the handler reports the pod and the VMI from what the launcher says, and stops the
-//! launcher (ACPI, grace period) when the pod goes away.
-//!
-//! Not yet here: a network namespace, IP and cgroup per pod (the launcher uses QEMU's user-mode
-//! network), and re-adopting launchers after a handler restart.
+//! processes, each in its own pod sandbox (network namespace with an IP from the node's pod CIDR,
+//! cgroup: [`crate::sandbox`]); the handler reports the pod and the VMI from what the launcher
+//! says, stops the launcher (ACPI, grace period) when the pod goes away, and removes the sandbox
+//! once the launcher has exited. Launchers that outlived a handler restart are adopted together
+//! with their sandboxes.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kuvirt_api::VirtualMachineInstance;
+use kuvirt_api::v1::VirtualMachineInstanceNetworkInterface;
 use kuvirt_launcher::protocol::{Request, Response, call};
 use kuvirt_launcher::vm::VmState;
 use serde_json::json;
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::sandbox::cgroup::Limits;
+use crate::sandbox::ipam::Cidr;
+use crate::sandbox::{self, Sandbox, SandboxConfig, apiproxy};
 
 /// What the handler needs to start launchers.
 #[derive(Clone, Debug)]
@@ -47,8 +53,132 @@ struct Launcher {
 
 type Launchers = Arc<Mutex<HashMap<String, Launcher>>>;
 
+/// The node's pod network, known once the node has its pod CIDR.
+#[derive(Clone, Debug)]
+struct PodNet {
+    sandbox: SandboxConfig,
+    cidr: Cidr,
+    /// The pod's `hostIP`.
+    host_ip: IpAddr,
+    /// The API server, when it is on the loopback (pods reach it through a forwarder).
+    api_loopback: Option<SocketAddr>,
+}
+
+/// Runs a blocking sandbox operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, sandbox::SandboxError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Pod(format!("sandbox task: {e}")))?
+        .map_err(|e| Error::Pod(format!("sandbox: {e}")))
+}
+
+/// Waits until the node controller has given this node a pod CIDR, then sets up the node's pod
+/// network (bridge, forwarding, NAT), retrying until it works.
+async fn pod_network(client: &kube::Client, cfg: &RunnerConfig) -> PodNet {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let sandbox = SandboxConfig::new(&cfg.state_dir);
+    let mut told = false;
+    let (cidr, node) = loop {
+        let node = nodes.get_opt(&cfg.node).await.ok().flatten();
+        let cidr = node
+            .as_ref()
+            .and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.pod_cidr.as_deref())
+            .and_then(|c| c.parse::<Cidr>().ok());
+        if let (Some(c), Some(n)) = (cidr, node) {
+            break (c, n);
+        }
+        if !told {
+            tracing::info!(node = %cfg.node, "waiting for the node's pod CIDR");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    loop {
+        let (sb, c) = (sandbox.clone(), cidr);
+        match blocking(move || sandbox::setup_node(&sb, c)).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, %cidr, "setting up the node's pod network; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+    tracing::info!(node = %cfg.node, %cidr, bridge = %sandbox.bridge, "pod network ready");
+    let internal = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .and_then(|a| a.address.parse::<IpAddr>().ok())
+        .filter(|a| !a.is_loopback());
+    let bridge = sandbox.bridge.clone();
+    let host_ip = match internal {
+        Some(ip) => ip,
+        None => tokio::task::spawn_blocking(move || sandbox::net::host_ipv4(&bridge))
+            .await
+            .ok()
+            .flatten()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4),
+    };
+    PodNet {
+        api_loopback: apiproxy::loopback_server(&cfg.kubeconfig),
+        sandbox,
+        cidr,
+        host_ip,
+    }
+}
+
+/// Lets the pod reach a loopback API server at the same address from inside its namespace.
+fn api_forwarder(net: &PodNet, sb: &Sandbox) -> Result<Option<JoinHandle<()>>, Error> {
+    let Some(api) = net.api_loopback else {
+        return Ok(None);
+    };
+    let listener = apiproxy::listen_in_netns(&sb.netns, api)
+        .map_err(|e| Error::Pod(format!("api forwarder in {}: {e}", sb.netns)))?;
+    apiproxy::forward(listener, api)
+        .map(Some)
+        .map_err(|e| Error::Pod(format!("api forwarder in {}: {e}", sb.netns)))
+}
+
+/// Removes the sandboxes of pods this agent no longer runs (their launchers ended while it was
+/// away). One whose cgroup still has processes is left alone.
+async fn collect_sandboxes(net: &PodNet, launchers: &Launchers) {
+    let cfg = net.sandbox.clone();
+    let Ok(uids) = blocking({
+        let cfg = cfg.clone();
+        move || sandbox::list(&cfg)
+    })
+    .await
+    else {
+        return;
+    };
+    for uid in uids {
+        if launchers.lock().await.contains_key(&uid) {
+            continue;
+        }
+        let cfg = cfg.clone();
+        let id = uid.clone();
+        let r = blocking(move || {
+            if !sandbox::idle_within(&cfg, &id, Duration::ZERO) {
+                return Ok(false);
+            }
+            sandbox::teardown(&cfg, &id).map(|()| true)
+        })
+        .await;
+        match r {
+            Ok(true) => tracing::info!(pod_uid = %uid, "removed the sandbox of a finished pod"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(pod_uid = %uid, error = %e, "removing a stale sandbox"),
+        }
+    }
+}
+
 /// Runs launcher pods for this node until the watch ends.
 pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
+    let net = pod_network(&client, &cfg).await;
     let pods: Api<Pod> = Api::all(client.clone());
     let wc = watcher::Config::default()
         .fields(&format!("spec.nodeName={}", cfg.node))
@@ -75,7 +205,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                 if pod.metadata.deletion_timestamp.is_some() {
                     stop(&launchers, &uid).await;
                 } else if !final_phase && !launchers.lock().await.contains_key(&uid) {
-                    match start(&client, &cfg, &pod, launchers.clone()).await {
+                    match start(&client, &cfg, &net, &pod, launchers.clone()).await {
                         Ok(l) => {
                             launchers.lock().await.insert(uid, l);
                         }
@@ -99,6 +229,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                 for uid in gone {
                     stop(&launchers, &uid).await;
                 }
+                collect_sandboxes(&net, &launchers).await;
             }
         }
     }
@@ -134,6 +265,7 @@ async fn stop(launchers: &Launchers, uid: &str) {
 async fn start(
     client: &kube::Client,
     cfg: &RunnerConfig,
+    net: &PodNet,
     pod: &Pod,
     launchers: Launchers,
 ) -> Result<Launcher, Error> {
@@ -166,15 +298,39 @@ async fn start(
         .is_ok()
     {
         tracing::info!(vmi = %vmi, namespace = %ns, "adopting a running launcher");
+        // Its sandbox is reused as it is (a launcher from before sandboxes has none).
+        let found = blocking({
+            let (sb, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
+            move || sandbox::find(&sb, cidr, &uid)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "looking up an adopted launcher's sandbox");
+            None
+        });
+        let proxy = match &found {
+            Some(sb) => api_forwarder(net, sb).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "adopted launcher");
+                None
+            }),
+            None => None,
+        };
         let monitor = tokio::spawn(monitor(
             client.clone(),
-            ns,
-            vmi,
-            vmi_uid,
-            pod_name,
-            uid,
-            vm_dir.clone(),
+            Watched {
+                ns,
+                vmi_name: vmi,
+                vmi_uid,
+                pod_name,
+                uid,
+                vm_dir: vm_dir.clone(),
+            },
             None,
+            PodSandbox {
+                cfg: net.sandbox.clone(),
+                sandbox: found,
+                proxy,
+            },
             launchers,
         ));
         return Ok(Launcher {
@@ -188,8 +344,33 @@ async fn start(
     let log = std::fs::File::create(vm_dir.join("launcher.log"))
         .map_err(|e| Error::Pod(format!("{}: {e}", vm_dir.display())))?;
     let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
-    let child = tokio::process::Command::new(&cfg.exe)
-        .arg("launcher")
+    let limits = Limits::from_pod(pod);
+    let sb = blocking({
+        let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
+        move || sandbox::create(&sbc, cidr, &uid, &limits)
+    })
+    .await?;
+    let undo = |e: Error| {
+        let (sbc, uid) = (net.sandbox.clone(), uid.clone());
+        async move {
+            if let Err(t) = blocking(move || sandbox::teardown(&sbc, &uid)).await {
+                tracing::warn!(error = %t, "removing the sandbox of a launcher that did not start");
+            }
+            e
+        }
+    };
+    let proxy = match api_forwarder(net, &sb) {
+        Ok(p) => p,
+        Err(e) => return Err(undo(e).await),
+    };
+    // `ip netns exec` execs the launcher (same pid) in the pod's namespace, with the pod's
+    // resolv.conf mounted over /etc/resolv.conf.
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(sb.exec_prefix()).arg(&cfg.exe).arg("launcher");
+    for dir in sb.launcher_cgroups() {
+        cmd.arg("--cgroup").arg(dir);
+    }
+    let spawned = cmd
         .arg("--kubeconfig")
         .arg(&cfg.kubeconfig)
         .args([
@@ -212,9 +393,26 @@ async fn start(
         // Its own process group: the launcher (and its VM) outlive signals meant for the handler.
         .process_group(0)
         .spawn()
-        .map_err(|e| Error::Pod(format!("{}: {e}", cfg.exe.display())))?;
+        .map_err(|e| {
+            Error::Pod(format!(
+                "ip netns exec {} {}: {e}",
+                sb.netns,
+                cfg.exe.display()
+            ))
+        });
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(p) = proxy {
+                p.abort();
+            }
+            return Err(undo(e).await);
+        }
+    };
     let pid = child.id();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod_ip = sb.ip.to_string();
+    let host_ip = net.host_ip.to_string();
     // Reported best effort: the launcher runs either way, and the monitor is what matters.
     let _ = pods
         .patch_status(
@@ -222,7 +420,8 @@ async fn start(
             &PatchParams::default(),
             &Patch::Merge(json!({"status": {
                 "phase": "Running",
-                "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+                "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
+                "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
                 "startTime": kuvirt_apimachinery::meta::now(),
                 "containerStatuses": [{"name": "compute", "ready": true, "restartCount": 0,
                                        "image": "kuvirt", "imageID": "",
@@ -232,13 +431,20 @@ async fn start(
         .await;
     let monitor = tokio::spawn(monitor(
         client.clone(),
-        ns,
-        vmi,
-        vmi_uid,
-        pod_name,
-        uid,
-        vm_dir.clone(),
+        Watched {
+            ns,
+            vmi_name: vmi,
+            vmi_uid,
+            pod_name,
+            uid,
+            vm_dir: vm_dir.clone(),
+        },
         Some(child),
+        PodSandbox {
+            cfg: net.sandbox.clone(),
+            sandbox: Some(sb),
+            proxy,
+        },
         launchers,
     ));
     Ok(Launcher {
@@ -256,7 +462,10 @@ pub fn vm_dir(state_dir: &std::path::Path, ns: &str, vmi: &str, vmi_uid: &str) -
         .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect();
-    state_dir.join("vms").join(ns).join(format!("{vmi}-{short}"))
+    state_dir
+        .join("vms")
+        .join(ns)
+        .join(format!("{vmi}-{short}"))
 }
 
 /// How an adopted launcher's VM ended, from the file the launcher writes before it exits.
@@ -267,20 +476,80 @@ fn adopted_outcome(vm_dir: &std::path::Path) -> bool {
         .is_some_and(|r| r.succeeded())
 }
 
-/// Follows one launcher: the VMI's phase and conditions from the launcher's state; the pod's and
-/// VMI's final phase from its exit.
-#[allow(clippy::too_many_arguments)]
-async fn monitor(
-    client: kube::Client,
+/// The launcher pod a monitor follows.
+struct Watched {
     ns: String,
     vmi_name: String,
     vmi_uid: String,
     pod_name: String,
+    /// The pod's uid.
     uid: String,
     vm_dir: PathBuf,
+}
+
+/// What a monitor removes once its launcher has exited.
+struct PodSandbox {
+    cfg: SandboxConfig,
+    sandbox: Option<Sandbox>,
+    /// The API forwarder into the pod's namespace.
+    proxy: Option<JoinHandle<()>>,
+}
+
+/// The VMI's pod-network interfaces as the domain has them: KubeVirt's
+/// `VirtualMachineInstanceNetworkInterface` with the pod IP (the guest still sits behind QEMU's
+/// user-mode network inside the pod, so the pod IP is the one the VM is reached at).
+fn pod_interfaces(
+    vmi: &VirtualMachineInstance,
+    ip: Ipv4Addr,
+) -> Vec<VirtualMachineInstanceNetworkInterface> {
+    let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
+    let name = vmi.metadata.name.as_deref().unwrap_or_default();
+    vmi.spec
+        .networks
+        .iter()
+        .filter(|n| n.pod.is_some())
+        .filter_map(|n| {
+            vmi.spec
+                .domain
+                .devices
+                .interfaces
+                .iter()
+                .find(|i| i.name == n.name)
+        })
+        .map(|i| VirtualMachineInstanceNetworkInterface {
+            name: Some(i.name.clone()),
+            ip_address: Some(ip.to_string()),
+            ip_addresses: vec![ip.to_string()],
+            mac: Some(
+                i.mac_address
+                    .clone()
+                    .unwrap_or_else(|| kuvirt_launcher::convert::generated_mac(ns, name, &i.name)),
+            ),
+            pod_interface_name: Some("eth0".into()),
+            info_source: Some("domain".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Follows one launcher: the VMI's phase, conditions and interfaces from the launcher's state;
+/// the pod's and VMI's final phase from its exit; then removes the pod's sandbox.
+async fn monitor(
+    client: kube::Client,
+    w: Watched,
     mut child: Option<tokio::process::Child>,
+    sandbox: PodSandbox,
     launchers: Launchers,
 ) {
+    let Watched {
+        ns,
+        vmi_name,
+        vmi_uid,
+        pod_name,
+        uid,
+        vm_dir,
+    } = w;
+    let pod_ip = sandbox.sandbox.as_ref().map(|s| s.ip);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let socket = vm_dir.join("launcher.sock");
@@ -318,6 +587,9 @@ async fn monitor(
             // Another VMI of the same name: not ours to report on.
             continue;
         }
+        let interfaces = pod_ip
+            .map(|ip| pod_interfaces(&current, ip))
+            .unwrap_or_default();
         let cur = current.status.unwrap_or_default();
         let cur_phase = cur
             .phase
@@ -333,9 +605,11 @@ async fn monitor(
                 .find(|c| c.type_.as_str() == t)
                 .map(|c| c.status == "True")
         };
+        let interfaces_known = interfaces.is_empty() || cur.interfaces == interfaces;
         if cur_phase == phase
             && cond("Ready") == Some(ready)
             && cond("Paused").unwrap_or(false) == paused
+            && interfaces_known
         {
             continue;
         }
@@ -348,6 +622,9 @@ async fn monitor(
              "reason": if paused { "PausedByUser" } else { "" }},
         ]);
         let mut patch = json!({"status": {"phase": phase, "conditions": conditions}});
+        if !interfaces.is_empty() {
+            patch["status"]["interfaces"] = json!(interfaces);
+        }
         if cur_phase != "Running" {
             // The VM controller tells a VM that never ran from one that crashed by this entry.
             let mut transitions = serde_json::to_value(&cur.phase_transition_timestamps)
@@ -391,5 +668,26 @@ async fn monitor(
             &Patch::Merge(json!({"status": {"phase": phase}})),
         )
         .await;
+    // The launcher has exited: its sandbox goes (a process still in the pod's cgroup, say an
+    // adopted launcher that stopped answering, keeps it for the next collection).
+    if let Some(p) = sandbox.proxy {
+        p.abort();
+    }
+    let cfg = sandbox.cfg;
+    let pod_uid = uid.clone();
+    let removed = blocking(move || {
+        if !sandbox::idle_within(&cfg, &pod_uid, Duration::from_secs(5)) {
+            return Ok(false);
+        }
+        sandbox::teardown(&cfg, &pod_uid).map(|()| true)
+    })
+    .await;
+    match removed {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(pod_uid = %uid, "the pod's cgroup still has processes; its sandbox stays")
+        }
+        Err(e) => tracing::warn!(pod_uid = %uid, error = %e, "removing the pod's sandbox"),
+    }
     launchers.lock().await.remove(&uid);
 }

@@ -262,6 +262,31 @@ pub fn teardown(cfg: &SandboxConfig, uid: &str) -> Result<(), SandboxError> {
     first.map_or(Ok(()), Err)
 }
 
+/// Whether pod `uid`'s cgroup has no processes, waiting up to `wait` for the last ones to go
+/// (a process that has just exited may linger for a moment). A pod without cgroups is idle.
+pub fn idle_within(cfg: &SandboxConfig, uid: &str, wait: std::time::Duration) -> bool {
+    let Ok(layout) = Layout::detect(&cfg.cgroup_root) else {
+        return true;
+    };
+    let Ok(name) = cfg.cgroup_name(uid) else {
+        return true;
+    };
+    let dirs = layout.dirs(&cfg.cgroup_parent, &name);
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let busy = dirs.iter().any(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty())
+        });
+        if !busy {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The UIDs of the pods that have a sandbox (hold an address).
 pub fn list(cfg: &SandboxConfig) -> Result<Vec<String>, SandboxError> {
     ipam::all_owners(&cfg.state_dir)
