@@ -12,10 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+use kuvirt_handler::sandbox::SandboxConfig;
 
 struct ServerProc(Child);
 
@@ -87,6 +89,26 @@ async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Opti
     }
 }
 
+/// The launcher pod of a VMI (by its uid).
+async fn launcher_pod(client: &kube::Client, vmi_uid: &str) -> Option<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.list(&ListParams::default().labels(&format!("kubevirt.io/created-by={vmi_uid}")))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .next()
+}
+
+/// The network namespace the node agent made for a pod.
+fn pod_netns(pod_uid: &str) -> String {
+    SandboxConfig::new("/").netns_name(pod_uid).unwrap()
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
 /// The console log of the VMI `testvm` (its directory is `testvm-<uid prefix>`).
 fn console(state: &Path) -> String {
     let Ok(dirs) = std::fs::read_dir(state.join("vms/default")) else {
@@ -106,7 +128,7 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     let mut server = plane.spawn();
     let client = plane.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
 
     let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
@@ -134,6 +156,47 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     })
     .await;
     assert_eq!(running.node_name.as_deref(), Some("kuvirt-test"));
+
+    // The launcher runs in a pod sandbox: its own namespace with an address from the node's pod
+    // CIDR, which the pod and the VMI's pod-network interface report.
+    let vmi_uid = vmis.get("testvm").await.unwrap().metadata.uid.unwrap();
+    let pod = launcher_pod(&client, &vmi_uid).await.unwrap();
+    let pod_status = pod.status.unwrap();
+    let pod_ip: std::net::Ipv4Addr = pod_status.pod_ip.as_deref().unwrap().parse().unwrap();
+    assert_eq!(pod_ip.octets()[..2], [10, 244], "pod IP {pod_ip}");
+    assert_ne!(
+        pod_status.host_ip.as_deref(),
+        Some(pod_ip.to_string().as_str())
+    );
+    assert_eq!(running.interfaces.len(), 1, "{:?}", running.interfaces);
+    let iface = &running.interfaces[0];
+    assert_eq!(iface.name.as_deref(), Some("default"));
+    assert_eq!(
+        iface.ip_address.as_deref(),
+        Some(pod_ip.to_string().as_str())
+    );
+    assert_eq!(iface.ip_addresses, vec![pod_ip.to_string()]);
+    assert_eq!(iface.info_source.as_deref(), Some("domain"));
+    assert_eq!(iface.mac.as_deref().map(str::len), Some(17));
+    let first_netns = pod_netns(pod.metadata.uid.as_deref().unwrap());
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &first_netns,
+            "-4",
+            "-br",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{pod_ip}/24")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     until("the guest's boot", Duration::from_secs(120), async || {
         console(state.path())
             .contains("kuvirt-guest: ready")
@@ -257,7 +320,29 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
         qemu_under(state.path()).is_empty().then_some(())
     })
     .await;
+    // Both pods' sandboxes go with their launchers.
+    until("the sandboxes gone", Duration::from_secs(30), async || {
+        (!netns_exists(&first_netns) && sandbox_count(state.path()) == 0).then_some(())
+    })
+    .await;
     drop(server);
+}
+
+/// How many pod addresses the node agent holds (IPAM files).
+fn sandbox_count(state: &Path) -> usize {
+    SandboxConfig::new(state)
+        .state_dir
+        .join("ipam")
+        .read_dir()
+        .map(|dirs| {
+            dirs.flatten()
+                .filter_map(|d| d.path().read_dir().ok())
+                .flatten()
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// A VM whose image cannot be had fails before its guest runs; the VM backs off (CrashLoopBackOff,
