@@ -95,6 +95,13 @@ fn eth0_addresses(netns: &str) -> Vec<String> {
         .collect()
 }
 
+/// The host's default gateway, if it has one.
+fn default_gateway() -> Option<Ipv4Addr> {
+    let (_, out) = sh("ip", &["-j", "-4", "route", "show", "default"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v.get(0)?.get("gateway")?.as_str()?.parse().ok()
+}
+
 const UID_A: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const UID_B: &str = "f0e1d2c3-b4a5-4968-8776-655443322110";
 
@@ -125,6 +132,14 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
     // Both ways across the bridge.
     assert!(ping(Some(&a.netns), a.gateway), "pod → bridge");
     assert!(ping(None, a.ip), "host → pod");
+
+    // NAT: the host's own gateway answers the pod (it has no route back to the pod CIDR, so
+    // only a masqueraded packet gets a reply) — where the host can reach a gateway at all.
+    if let Some(gw) = default_gateway()
+        && ping(None, gw)
+    {
+        assert!(ping(Some(&a.netns), gw), "pod → {gw} through the NAT");
+    }
 
     // DNS: the file `ip netns exec` mounts over /etc/resolv.conf.
     let (_, seen) = in_ns(&a.netns, &["cat", "/etc/resolv.conf"]);
