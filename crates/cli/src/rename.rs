@@ -87,15 +87,7 @@ async fn rename_vm(args: &RenameVmArgs) -> Result<()> {
     }
 
     let created = vms.create(&PostParams::default(), &new).await?;
-    // Only the VM we checked: if it was started or changed meanwhile, undo.
-    let precondition = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: old.metadata.uid.clone(),
-            resource_version: old.metadata.resource_version.clone(),
-        }),
-        ..DeleteParams::default()
-    };
-    if let Err(changed) = vms.delete(old_name, &precondition).await {
+    if let Err(e) = delete_unchanged(&vms, &vmis, &old).await {
         let undo = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: created.metadata.uid.clone(),
@@ -103,7 +95,7 @@ async fn rename_vm(args: &RenameVmArgs) -> Result<()> {
             }),
             ..DeleteParams::default()
         };
-        let why = error_line(&changed.into());
+        let why = error_line(&e);
         match vms.delete(new_name, &undo).await {
             Ok(_) => bail!(
                 "VirtualMachine {old_name} could not be deleted ({why}); {new_name} was removed again"
@@ -116,6 +108,47 @@ async fn rename_vm(args: &RenameVmArgs) -> Result<()> {
     }
     println!("VM {old_name} was renamed to {new_name}");
     Ok(())
+}
+
+/// Deletes `old` only as it was copied: the same object (uid), still stopped, with the same spec,
+/// labels and annotations. Status writes (the controller's) change its resourceVersion, so a
+/// conflict is checked again and retried a few times.
+async fn delete_unchanged(
+    vms: &Api<VirtualMachine>,
+    vmis: &Api<VirtualMachineInstance>,
+    old: &VirtualMachine,
+) -> Result<()> {
+    let name = old.metadata.name.as_deref().unwrap_or_default();
+    let mut resource_version = old.metadata.resource_version.clone();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: old.metadata.uid.clone(),
+                resource_version: resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match vms.delete(name, &params).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 5 => {
+                let now = vms.get(name).await?;
+                let same = now.metadata.uid == old.metadata.uid
+                    && now.spec == old.spec
+                    && now.metadata.labels == old.metadata.labels
+                    && now.metadata.annotations == old.metadata.annotations;
+                if !same {
+                    bail!("it changed while renaming");
+                }
+                if vmis.get_opt(name).await?.is_some() {
+                    bail!("it was started while renaming");
+                }
+                resource_version = now.metadata.resource_version;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The VirtualMachine `old` becomes under `new_name` in namespace `ns`: the same spec, labels and
