@@ -249,6 +249,13 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     )
     .await;
     assert_eq!(qemu_under(state.path()), qemu, "QEMU was restarted");
+    // The adopted launcher keeps its sandbox and address.
+    assert!(netns_exists(&first_netns), "the sandbox was removed");
+    let pod = launcher_pod(&client, &vmi_uid).await.unwrap();
+    assert_eq!(
+        pod.status.unwrap().pod_ip.as_deref(),
+        Some(pod_ip.to_string().as_str())
+    );
     assert_eq!(
         vmis.get("testvm")
             .await
