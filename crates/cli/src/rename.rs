@@ -31,8 +31,8 @@ pub enum RenameCommand {
     /// created (the name is taken), nothing changes. The guest keeps its identity: every
     /// interface without a macAddress gets the MAC it had under the old name, and
     /// firmware.uuid, if unset, the UUID derived from the old name. Volumes are kept as they
-    /// are, so hostDisks stay the same files. A Service exposing OLD keeps selecting OLD's pods:
-    /// expose NEW again.
+    /// are, so hostDisks stay the same files. A Service from `kuvirt expose vm OLD` is owned by
+    /// OLD and goes with it: expose NEW again.
     Vm(RenameVmArgs),
 }
 
