@@ -317,16 +317,75 @@ fn a_launcher_in_the_namespace_joins_its_cgroup_and_reaches_the_loopback_api_ser
     }
 }
 
+/// A host firewall table whose forward chain drops (only this test's bridge's traffic, so tests
+/// running alongside are not disturbed); deleted on drop.
+struct HostFirewall(&'static str);
+
+impl HostFirewall {
+    fn new(table: &'static str, bridge: &str) -> HostFirewall {
+        let script = format!(
+            "table ip {table} {{\n chain hostfwd {{\n type filter hook forward priority 0; policy drop;\n \
+             iifname != \"{bridge}\" oifname != \"{bridge}\" accept\n }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        HostFirewall(table)
+    }
+
+    fn chain(&self) -> String {
+        sh("nft", &["list", "chain", "ip", self.0, "hostfwd"]).1
+    }
+}
+
+impl Drop for HostFirewall {
+    fn drop(&mut self) {
+        let _ = sh("nft", &["delete", "table", "ip", self.0]);
+    }
+}
+
 #[test]
-fn node_set_up_is_idempotent_and_its_teardown_complete() {
+fn node_set_up_is_idempotent_opens_a_dropping_forward_chain_and_its_teardown_is_complete() {
     let node = Node::up(4);
     let cfg = &node.cfg;
+    let host_fw = HostFirewall::new("kuvirt_test4_host", &cfg.bridge);
+    sandbox::setup_node(cfg, node.cidr).unwrap();
     sandbox::setup_node(cfg, node.cidr).unwrap();
     let (_, addrs) = sh("ip", &["-br", "addr", "show", "dev", &cfg.bridge]);
     assert_eq!(addrs.matches("10.251.4.1/24").count(), 1, "{addrs}");
     let (_, table) = sh("nft", &["list", "table", "ip", &cfg.nft_table]);
     assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+    // The host's dropping forward chain lets the bridge through, once.
+    let chain = host_fw.chain();
+    assert_eq!(
+        chain.matches("comment \"kuvirt kvtest4\"").count(),
+        2,
+        "{chain}"
+    );
+    assert!(chain.contains("iifname \"kvtest4\" accept"), "{chain}");
+    if let Some(gw) = default_gateway()
+        && ping(None, gw)
+    {
+        let s = sandbox::create(cfg, node.cidr, UID_A, &Limits::default()).unwrap();
+        assert!(
+            ping(Some(&s.netns), gw),
+            "forwarded past the host's drop policy"
+        );
+        sandbox::teardown(cfg, UID_A).unwrap();
+    }
     net::teardown_node(cfg).unwrap();
+    let chain = host_fw.chain();
+    assert!(!chain.contains("kuvirt kvtest4"), "{chain}");
     assert!(!net::link_exists(&cfg.bridge));
     let (exists, _) = sh("nft", &["list", "table", "ip", &cfg.nft_table]);
     assert!(!exists);

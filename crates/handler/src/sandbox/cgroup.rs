@@ -252,6 +252,33 @@ mod tests {
     }
 
     #[test]
+    fn a_unified_hierarchy_gets_v2_files() {
+        // A stand-in for cgroupfs: plain files, so only what is written can be checked.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let layout = Layout::detect(root.path()).unwrap();
+        assert_eq!(layout, Layout::V2(root.path().to_path_buf()));
+        let limits = Limits {
+            memory_bytes: Some(1 << 30),
+            cpu_request_millis: Some(1000),
+            cpu_limit_millis: Some(1500),
+        };
+        let dirs = create(&layout, "kuvirt", "podx", &limits).unwrap();
+        assert_eq!(dirs, vec![root.path().join("kuvirt/podx")]);
+        let read = |f: &str| std::fs::read_to_string(dirs[0].join(f)).unwrap();
+        assert_eq!(read("memory.max"), (1u64 << 30).to_string());
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(
+            read("cpu.weight"),
+            (1 + (1022 * 9999) / 262_142).to_string()
+        );
+        let unlimited = create(&layout, "kuvirt", "pody", &Limits::default()).unwrap();
+        let read = |f: &str| std::fs::read_to_string(unlimited[0].join(f)).unwrap();
+        assert_eq!(read("memory.max"), "max");
+        assert_eq!(read("cpu.max"), "max 100000");
+    }
+
+    #[test]
     fn limits_follow_kubelet_arithmetic() {
         let pod: Pod = serde_json::from_value(json!({
             "spec": {"containers": [{"name": "compute", "resources": {
