@@ -6,6 +6,7 @@ mod expose;
 mod kubectl;
 mod launcher;
 mod manifest;
+mod remote;
 mod rename;
 mod run;
 mod verbs;
@@ -79,6 +80,22 @@ enum Command {
     Stop(verbs::StopArgs),
     /// Restart a VirtualMachine: a new VMI replaces the running one (like virtctl restart).
     Restart(verbs::RestartArgs),
+    /// Pause a VM's or VMI's guest (its vCPUs stop; memory and devices stay).
+    #[command(subcommand)]
+    Pause(verbs::PauseTarget),
+    /// Resume a paused VM or VMI.
+    #[command(subcommand)]
+    Unpause(verbs::PauseTarget),
+    /// Ask a VMI's guest to reboot (ACPI), like virtctl soft-reboot.
+    SoftReboot(verbs::VmiArgs),
+    /// Reset a VMI's machine at once (the reset button).
+    Reset(verbs::VmiArgs),
+    /// Print a VMI's guest OS information (from its guest agent).
+    Guestosinfo(verbs::VmiArgs),
+    /// Attach this terminal to a VMI's serial console (Ctrl+] leaves).
+    Console(remote::ConsoleArgs),
+    /// Open a VMI's display over VNC through a local port, or save a screenshot.
+    Vnc(remote::VncArgs),
     /// Print a manifest built from flags (like virtctl create).
     #[command(subcommand)]
     Create(create::CreateCommand),
@@ -203,6 +220,13 @@ async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Start(args) => verbs::start(args).await,
         Command::Stop(args) => verbs::stop(args).await,
         Command::Restart(args) => verbs::restart(args).await,
+        Command::Pause(t) => verbs::pause(t).await,
+        Command::Unpause(t) => verbs::unpause(t).await,
+        Command::SoftReboot(a) => verbs::soft_reboot(a).await,
+        Command::Reset(a) => verbs::reset(a).await,
+        Command::Guestosinfo(a) => verbs::guestosinfo(a).await,
+        Command::Console(a) => remote::console(a).await,
+        Command::Vnc(a) => remote::vnc(a).await,
         Command::Create(cmd) => create::run(cmd).await,
         Command::Rename(cmd) => rename::run(cmd).await,
         Command::Expose(args) => expose::run(args).await,

@@ -1,6 +1,7 @@
-//! `kuvirt start|stop|restart`: virtctl's VM lifecycle verbs, each one PUT to KubeVirt's
-//! subresource (`/apis/subresources.kubevirt.io/v1/namespaces/NS/virtualmachines/NAME/VERB`)
-//! through kube-rs, printing what virtctl prints.
+//! virtctl's lifecycle verbs — `kuvirt start|stop|restart` on VMs, `pause|unpause|soft-reboot|
+//! reset|guestosinfo` on VMIs — each one request to KubeVirt's subresource
+//! (`/apis/subresources.kubevirt.io/v1/namespaces/NS/{virtualmachines,virtualmachineinstances}/
+//! NAME/VERB`) through kube-rs, printing what virtctl prints.
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -51,6 +52,32 @@ pub struct RestartArgs {
     client: ClientArgs,
 }
 
+/// `pause|unpause vm|vmi NAME`: a VM's verb goes to its VMI (same name), as in virtctl.
+#[derive(clap::Subcommand, Debug)]
+pub enum PauseTarget {
+    /// A VirtualMachine (its running VMI).
+    Vm(VmiArgs),
+    /// A VirtualMachineInstance.
+    Vmi(VmiArgs),
+}
+
+impl PauseTarget {
+    fn args(&self) -> &VmiArgs {
+        match self {
+            PauseTarget::Vm(a) | PauseTarget::Vmi(a) => a,
+        }
+    }
+}
+
+/// A VMI by name.
+#[derive(Args, Debug)]
+pub struct VmiArgs {
+    /// The VirtualMachineInstance (a VM's VMI has the VM's name).
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// virtctl's rule: --force and --grace-period go together.
 fn forced(force: bool, grace_period: Option<i64>) -> Result<Option<i64>> {
     if force != grace_period.is_some() {
@@ -61,9 +88,16 @@ fn forced(force: bool, grace_period: Option<i64>) -> Result<Option<i64>> {
 
 /// PUTs `body` to the VM's `verb` subresource and prints virtctl's line.
 async fn call(client: &ClientArgs, name: &str, verb: &str, body: Value) -> Result<()> {
+    put(client, "virtualmachines", name, verb, body).await?;
+    println!("VM {name} was scheduled to {verb}");
+    Ok(())
+}
+
+/// PUTs `body` to `/apis/subresources.kubevirt.io/v1/namespaces/NS/PLURAL/NAME/VERB`.
+async fn put(client: &ClientArgs, plural: &str, name: &str, verb: &str, body: Value) -> Result<()> {
     let session = client::connect(client).await?;
     let path = format!(
-        "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines",
+        "/apis/subresources.kubevirt.io/v1/namespaces/{}/{plural}",
         session.namespace
     );
     let req = kube::core::Request::new(path).replace_subresource(
@@ -73,8 +107,93 @@ async fn call(client: &ClientArgs, name: &str, verb: &str, body: Value) -> Resul
         serde_json::to_vec(&body)?,
     )?;
     session.client.request_text(req).await?;
-    println!("VM {name} was scheduled to {verb}");
     Ok(())
+}
+
+/// `kuvirt pause vm|vmi NAME`
+pub async fn pause(target: PauseTarget) -> Result<i32> {
+    run(async {
+        let a = target.args();
+        put(
+            &a.client,
+            "virtualmachineinstances",
+            &a.name,
+            "pause",
+            json!({}),
+        )
+        .await?;
+        println!("VMI {} was scheduled to pause", a.name);
+        Ok(())
+    })
+    .await
+}
+
+/// `kuvirt unpause vm|vmi NAME`
+pub async fn unpause(target: PauseTarget) -> Result<i32> {
+    run(async {
+        let a = target.args();
+        put(
+            &a.client,
+            "virtualmachineinstances",
+            &a.name,
+            "unpause",
+            json!({}),
+        )
+        .await?;
+        println!("VMI {} was scheduled to unpause", a.name);
+        Ok(())
+    })
+    .await
+}
+
+/// `kuvirt soft-reboot NAME`: the guest is asked (ACPI) to reboot.
+pub async fn soft_reboot(a: VmiArgs) -> Result<i32> {
+    run(async {
+        put(
+            &a.client,
+            "virtualmachineinstances",
+            &a.name,
+            "softreboot",
+            json!({}),
+        )
+        .await?;
+        println!("VMI {} was scheduled to soft reboot", a.name);
+        Ok(())
+    })
+    .await
+}
+
+/// `kuvirt reset NAME`: a hard reset, like pressing the machine's reset button.
+pub async fn reset(a: VmiArgs) -> Result<i32> {
+    run(async {
+        put(
+            &a.client,
+            "virtualmachineinstances",
+            &a.name,
+            "reset",
+            json!({}),
+        )
+        .await?;
+        println!("VMI {} was scheduled to reset", a.name);
+        Ok(())
+    })
+    .await
+}
+
+/// `kuvirt guestosinfo NAME`: the guest agent's report, as JSON.
+pub async fn guestosinfo(a: VmiArgs) -> Result<i32> {
+    run(async {
+        let session = client::connect(&a.client).await?;
+        let path = format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachineinstances",
+            session.namespace
+        );
+        let req = kube::core::Request::new(path).get_subresource("guestosinfo", &a.name)?;
+        let text = session.client.request_text(req).await?;
+        println!("{text}");
+        Ok(())
+    })
+    .await
 }
 
 /// Runs a verb; an error is one line on stderr and exit code 1.

@@ -1,0 +1,178 @@
+//! `kuvirt server` as a child process for whole-path tests: data and VM state in temp dirs, TCG,
+//! a kube-rs client and `kuvirt` CLI calls against it, and polling with a deadline.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::{KUVIRT, free_port, state_dir};
+
+/// A server process, killed (SIGKILL) when dropped.
+pub struct ServerProc(pub Child);
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One control plane with its node agent on this host.
+pub struct Plane {
+    pub data: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    pub port: u16,
+    pub node: String,
+}
+
+impl Plane {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Plane {
+        Plane {
+            data: tempfile::tempdir().unwrap(),
+            state: state_dir(),
+            port: free_port(),
+            node: "kuvirt-test".into(),
+        }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data.path().join("kubeconfig")
+    }
+
+    /// Starts the server and waits until it listens and its kubeconfig exists.
+    pub fn spawn(&self) -> ServerProc {
+        self.spawn_with(&[])
+    }
+
+    /// Starts the server with more flags.
+    pub fn spawn_with(&self, extra: &[&str]) -> ServerProc {
+        let proc = ServerProc(
+            Command::new(KUVIRT)
+                .args(["server", "--data-dir"])
+                .arg(self.data.path())
+                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+                .arg("--state-dir")
+                .arg(self.state.path())
+                .args(["--accel", "tcg", "--node-name", &self.node])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let kubeconfig = self.kubeconfig();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() || !kubeconfig.exists() {
+            assert!(Instant::now() < deadline, "server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proc
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig()).await
+    }
+
+    /// `kuvirt ARGS --kubeconfig K`.
+    pub fn kuvirt(&self, args: &[&str]) -> Output {
+        Command::new(KUVIRT)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// A kubeconfig for the read-only user (the admin one with the viewer's token).
+    pub fn viewer_kubeconfig(&self) -> PathBuf {
+        let tokens: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.data.path().join("tokens.json")).unwrap())
+                .unwrap();
+        let token_of = |role: &str| {
+            tokens
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["role"] == role)
+                .unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let text = std::fs::read_to_string(self.kubeconfig())
+            .unwrap()
+            .replace(&token_of("admin"), &token_of("read-only"));
+        let path = self.data.path().join("viewer.kubeconfig");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// VMs outlive their server by design: a test's leftovers (launchers and QEMUs under its state
+/// directory) are killed when its plane goes.
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let state = self.state.path().display().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&state) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// A kube-rs client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// Polls `f` every 200 ms until it yields, failing the test after `within`.
+pub async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The serial logs of every VMI named `vmi` under a node's state dir (one directory per VMI
+/// UID: `vms/NS/NAME-<uid prefix>`), concatenated.
+pub fn serial_log(state: &Path, ns: &str, vmi: &str) -> String {
+    let Ok(dirs) = std::fs::read_dir(state.join("vms").join(ns)) else {
+        return String::new();
+    };
+    let prefix = format!("{vmi}-");
+    let mut dirs: Vec<_> = dirs
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with(&prefix))
+        .collect();
+    dirs.sort_by_key(|d| d.metadata().and_then(|m| m.modified()).ok());
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
+        .collect()
+}
