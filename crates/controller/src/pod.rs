@@ -190,7 +190,10 @@ mod tests {
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "testvm", "namespace": "demo", "uid": "u-1", "labels": {"app": "x"}},
             "spec": {"domain": {"devices": {}, "memory": {"guest": "256Mi"}, "cpu": {"cores": 2}},
-                     "nodeSelector": {"disk": "ssd"}, "terminationGracePeriodSeconds": 20}
+                     "nodeSelector": {"disk": "ssd"}, "terminationGracePeriodSeconds": 20,
+                     "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                         {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "kubernetes.io/hostname"}]}}}
         });
         json_patch_merge(&mut v, extra);
         serde_json::from_value(v).unwrap()
@@ -227,6 +230,16 @@ mod tests {
         let sel = spec.node_selector.unwrap();
         assert_eq!(sel["disk"], "ssd");
         assert_eq!(sel["kubevirt.io/schedulable"], "true");
+        // The VMI's placement rules are the pod's (its labels too, so VMs can avoid each other).
+        let anti = spec.affinity.unwrap().pod_anti_affinity.unwrap();
+        let terms = anti
+            .required_during_scheduling_ignored_during_execution
+            .unwrap();
+        assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            spec.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
         assert_eq!(spec.termination_grace_period_seconds, Some(35));
         let req = spec.containers[0]
             .resources

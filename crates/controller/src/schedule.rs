@@ -1,12 +1,18 @@
 //! Placement for embedded mode (a real cluster has kube-scheduler): which node a launcher pod goes
 //! to. Filters: node Ready and schedulable, nodeSelector, required node affinity, taints against
-//! tolerations, free memory and CPU (requests against allocatable, with overcommit); then the node
-//! with the most free memory wins. Pure: nodes and the pods already placed come in as data.
+//! tolerations, free memory and CPU (requests against allocatable, with overcommit), required pod
+//! (anti-)affinity (`schedule/affinity.rs`, kube-scheduler's InterPodAffinity); then the best preferred pod
+//! (anti-)affinity score wins, then the most free memory. Pure: nodes, the pods already placed and
+//! the namespaces come in as data.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Toleration};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeSelectorRequirement, Pod, Toleration};
 use kuvirt_api::quantity::parse_quantity;
+
+mod affinity;
+
+use affinity::InterPod;
 
 /// Why no node fits, one reason per node (what KubeVirt's ErrorUnschedulable shows).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -91,18 +97,30 @@ fn tolerated(taint: &k8s_openapi::api::core::v1::Taint, tolerations: &[Toleratio
     })
 }
 
-/// Picks a node for `pod`. `placed` are the pods already bound (their nodeName counts).
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Picks a node for `pod`. `placed` are the pods already bound (their nodeName counts);
+/// `namespaces` are there for pod affinity terms with a namespaceSelector.
 /// `memory_overcommit` is a percentage: 150 lets requests reach 1.5× a node's memory.
 pub fn pick(
     pod: &Pod,
     nodes: &[Node],
     placed: &[Pod],
+    namespaces: &[Namespace],
     memory_overcommit: u64,
 ) -> Result<String, Unschedulable> {
     let spec = pod.spec.clone().unwrap_or_default();
     let (want_mem, want_cpu) = requests(pod);
+    let live: Vec<&Pod> = placed.iter().filter(|p| !terminal(p)).collect();
+    let inter_pod = InterPod::new(pod, nodes, &live, namespaces);
     let mut reasons = Vec::new();
-    let mut best: Option<(u64, String)> = None;
+    // (preferred pod affinity score, free memory, name)
+    let mut best: Option<(i64, u64, String)> = None;
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -152,16 +170,10 @@ pub fn pick(
         let cap_mem =
             bytes(alloc.and_then(|a| a.get("memory"))).saturating_mul(memory_overcommit) / 100;
         let cap_cpu = millis(alloc.and_then(|a| a.get("cpu")));
-        let (used_mem, used_cpu) = placed
+        let (used_mem, used_cpu) = live
             .iter()
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
-            .filter(|p| {
-                !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .map(requests)
+            .map(|p| requests(p))
             .fold((0u64, 0u64), |(m, c), (pm, pc)| {
                 (m.saturating_add(pm), c.saturating_add(pc))
             });
@@ -173,15 +185,20 @@ pub fn pick(
             reasons.push(format!("{name}: insufficient cpu"));
             continue;
         }
+        if let Err(why) = inter_pod.filter(&labels) {
+            reasons.push(format!("{name}: {why}"));
+            continue;
+        }
+        let score = inter_pod.score(&labels);
         let free = cap_mem.saturating_sub(used_mem).saturating_sub(want_mem);
-        if best
-            .as_ref()
-            .is_none_or(|(f, n)| free > *f || (free == *f && name < *n))
-        {
-            best = Some((free, name));
+        let better = best.as_ref().is_none_or(|(s, f, n)| {
+            (score, free, std::cmp::Reverse(&name)) > (*s, *f, std::cmp::Reverse(n))
+        });
+        if better {
+            best = Some((score, free, name));
         }
     }
-    best.map(|(_, n)| n).ok_or(Unschedulable {
+    best.map(|(_, _, n)| n).ok_or(Unschedulable {
         total: nodes.len(),
         reasons,
     })
@@ -217,19 +234,19 @@ mod tests {
             node("b", "2Gi", json!({}), true),
         ];
         assert_eq!(
-            pick(&pod("512Mi", json!({}), None), &nodes, &[], 100).unwrap(),
+            pick(&pod("512Mi", json!({}), None), &nodes, &[], &[], 100).unwrap(),
             "b"
         );
         let placed = [pod("1900Mi", json!({}), Some("b"))];
         assert_eq!(
-            pick(&pod("512Mi", json!({}), None), &nodes, &placed, 100).unwrap(),
+            pick(&pod("512Mi", json!({}), None), &nodes, &placed, &[], 100).unwrap(),
             "a"
         );
-        let err = pick(&pod("3Gi", json!({}), None), &nodes, &placed, 100).unwrap_err();
+        let err = pick(&pod("3Gi", json!({}), None), &nodes, &placed, &[], 100).unwrap_err();
         assert_eq!(err.total, 2);
         assert!(err.to_string().contains("insufficient memory"), "{err}");
         // Overcommit lets requests exceed physical memory.
-        assert!(pick(&pod("3Gi", json!({}), None), &nodes, &[], 200).is_ok());
+        assert!(pick(&pod("3Gi", json!({}), None), &nodes, &[], &[], 200).is_ok());
     }
 
     #[test]
@@ -252,7 +269,7 @@ mod tests {
             tainted,
         ];
         let p = pod("1Gi", json!({"kubevirt.io/schedulable": "true"}), None);
-        let err = pick(&p, &nodes, &[], 100).unwrap_err();
+        let err = pick(&p, &nodes, &[], &[], 100).unwrap_err();
         assert!(err.reasons.iter().any(|r| r.contains("down: not ready")));
         assert!(
             err.reasons
@@ -267,7 +284,7 @@ mod tests {
         let mut tolerant = p.clone();
         tolerant.spec.as_mut().unwrap().tolerations =
             Some(vec![serde_json::from_value(json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"})).unwrap()]);
-        assert_eq!(pick(&tolerant, &nodes, &[], 100).unwrap(), "t");
+        assert_eq!(pick(&tolerant, &nodes, &[], &[], 100).unwrap(), "t");
     }
 
     #[test]
@@ -283,6 +300,243 @@ mod tests {
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["y"]}]}]}}}))
             .unwrap(),
         );
-        assert_eq!(pick(&p, &nodes, &[], 100).unwrap(), "b");
+        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "b");
+    }
+
+    /// A launcher-like pod in `ns` with `labels` and `affinity`, bound to `node` if given.
+    fn vm_pod(
+        ns: &str,
+        labels: serde_json::Value,
+        affinity: serde_json::Value,
+        node: Option<&str>,
+    ) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": ns, "labels": labels},
+            "spec": {"nodeName": node, "affinity": affinity,
+                     "containers": [{"name": "compute", "resources": {"requests": {"memory": "256Mi", "cpu": "100m"}}}]}
+        }))
+        .unwrap()
+    }
+
+    fn zoned(name: &str, zone: &str) -> Node {
+        node(
+            name,
+            "4Gi",
+            json!({"kubernetes.io/hostname": name, "zone": zone}),
+            true,
+        )
+    }
+
+    fn term(selector: serde_json::Value, key: &str) -> serde_json::Value {
+        json!({"labelSelector": selector, "topologyKey": key})
+    }
+
+    fn required(kind: &str, terms: serde_json::Value) -> serde_json::Value {
+        json!({kind: {"requiredDuringSchedulingIgnoredDuringExecution": terms}})
+    }
+
+    #[test]
+    fn required_anti_affinity_spreads_vms_by_label() {
+        let nodes = [zoned("a", "x"), zoned("b", "x"), zoned("c", "y")];
+        let anti = required(
+            "podAntiAffinity",
+            json!([term(
+                json!({"matchLabels": {"app": "db"}}),
+                "kubernetes.io/hostname"
+            )]),
+        );
+        let new = vm_pod("default", json!({"app": "db"}), anti.clone(), None);
+        // a is the freest node but already holds a db VM.
+        let placed = [
+            vm_pod("default", json!({"app": "db"}), anti.clone(), Some("a")),
+            pod("3Gi", json!({}), Some("b")),
+            pod("3Gi", json!({}), Some("c")),
+        ];
+        let nodes_a_first = [
+            node("a", "16Gi", json!({"kubernetes.io/hostname": "a"}), true),
+            zoned("b", "x"),
+        ];
+        assert_eq!(pick(&new, &nodes_a_first, &placed, &[], 100).unwrap(), "b");
+        // Per zone: a and b share zone x, so only c is left.
+        let zone_anti = required(
+            "podAntiAffinity",
+            json!([term(
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]}),
+                "zone"
+            )]),
+        );
+        let new = vm_pod("default", json!({"app": "db"}), zone_anti, None);
+        let placed = [vm_pod(
+            "default",
+            json!({"app": "db"}),
+            json!({}),
+            Some("a"),
+        )];
+        assert_eq!(pick(&new, &nodes, &placed, &[], 100).unwrap(), "c");
+        // Nowhere left: every node says why in kube-scheduler's words.
+        let placed = [
+            vm_pod("default", json!({"app": "db"}), json!({}), Some("a")),
+            vm_pod("default", json!({"app": "db"}), json!({}), Some("c")),
+        ];
+        let err = pick(&new, &nodes, &placed, &[], 100).unwrap_err();
+        assert_eq!(err.reasons.len(), 3, "{err}");
+        assert!(
+            err.reasons
+                .iter()
+                .all(|r| r.ends_with("node(s) didn't match pod anti-affinity rules")),
+            "{err}"
+        );
+        // Finished pods no longer count.
+        let mut done = placed.clone();
+        for p in &mut done {
+            p.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+        }
+        assert!(pick(&new, &nodes, &done, &[], 100).is_ok());
+    }
+
+    #[test]
+    fn placed_pods_anti_affinity_keeps_others_away() {
+        let nodes = [zoned("a", "x"), zoned("b", "y")];
+        // The pod on b refuses web pods next to it; the new pod has no rules of its own.
+        let placed = [
+            pod("3Gi", json!({}), Some("a")),
+            vm_pod(
+                "default",
+                json!({"app": "db"}),
+                required(
+                    "podAntiAffinity",
+                    json!([term(json!({"matchLabels": {"app": "web"}}), "zone")]),
+                ),
+                Some("b"),
+            ),
+        ];
+        let web = vm_pod("default", json!({"app": "web"}), json!({}), None);
+        assert_eq!(pick(&web, &nodes, &placed, &[], 100).unwrap(), "a");
+        let err = pick(&web, &nodes[1..], &placed, &[], 100).unwrap_err();
+        assert_eq!(
+            err.reasons,
+            vec!["b: node(s) didn't satisfy existing pods anti-affinity rules"]
+        );
+        // Another namespace is out of the term's scope (default: the rule owner's namespace).
+        let elsewhere = vm_pod("other", json!({"app": "web"}), json!({}), None);
+        assert_eq!(
+            pick(&elsewhere, &nodes[1..], &placed, &[], 100).unwrap(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn required_affinity_follows_its_group_and_the_first_pod_goes_anywhere() {
+        let nodes = [
+            zoned("a", "x"),
+            zoned("b", "y"),
+            node("bare", "8Gi", json!({}), true),
+        ];
+        let aff = required(
+            "podAffinity",
+            json!([term(json!({"matchLabels": {"group": "g"}}), "zone")]),
+        );
+        let new = vm_pod("default", json!({"group": "g"}), aff.clone(), None);
+        // First of its group: any node with the topology key (bare has none, and is freest).
+        let first = pick(&new, &nodes, &[], &[], 100).unwrap();
+        assert_ne!(first, "bare");
+        // A pod that does not select itself has nowhere to go without its group.
+        let loner = vm_pod("default", json!({}), aff.clone(), None);
+        let err = pick(&loner, &nodes, &[], &[], 100).unwrap_err();
+        assert!(
+            err.reasons
+                .iter()
+                .all(|r| r.ends_with("node(s) didn't match pod affinity rules")),
+            "{err}"
+        );
+        // With the group in zone y (on a busy node), it joins it.
+        let placed = [
+            vm_pod("default", json!({"group": "g"}), json!({}), Some("b")),
+            pod("2Gi", json!({}), Some("b")),
+        ];
+        assert_eq!(pick(&new, &nodes, &placed, &[], 100).unwrap(), "b");
+        assert_eq!(pick(&loner, &nodes, &placed, &[], 100).unwrap(), "b");
+    }
+
+    #[test]
+    fn namespaces_and_namespace_selectors_widen_a_term() {
+        let nodes = [zoned("a", "x"), zoned("b", "y")];
+        let placed = [
+            vm_pod("team-1", json!({"app": "db"}), json!({}), Some("a")),
+            pod("1Gi", json!({}), Some("b")),
+        ];
+        let ns = |name: &str, labels: serde_json::Value| -> Namespace {
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+        };
+        let namespaces = [ns("team-1", json!({"team": "t"})), ns("default", json!({}))];
+        let with = |t: serde_json::Value| {
+            let mut t = t;
+            t["labelSelector"] = json!({"matchLabels": {"app": "db"}});
+            t["topologyKey"] = json!("zone");
+            vm_pod(
+                "default",
+                json!({}),
+                required("podAntiAffinity", json!([t])),
+                None,
+            )
+        };
+        // Own namespace only: the db pod in team-1 is not seen, a (freest) wins.
+        assert_eq!(
+            pick(&with(json!({})), &nodes, &placed, &namespaces, 100).unwrap(),
+            "a"
+        );
+        // Listed namespace, selected namespace, and every namespace (`{}`).
+        for t in [
+            json!({"namespaces": ["team-1"]}),
+            json!({"namespaceSelector": {"matchLabels": {"team": "t"}}}),
+            json!({"namespaceSelector": {}}),
+        ] {
+            assert_eq!(
+                pick(&with(t.clone()), &nodes, &placed, &namespaces, 100).unwrap(),
+                "b",
+                "{t}"
+            );
+        }
+        assert_eq!(
+            pick(
+                &with(json!({"namespaceSelector": {"matchLabels": {"team": "nope"}}})),
+                &nodes,
+                &placed,
+                &namespaces,
+                100
+            )
+            .unwrap(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn preferred_terms_break_ties_before_free_memory() {
+        let nodes = [zoned("a", "x"), zoned("b", "y")];
+        let placed = [
+            vm_pod("default", json!({"app": "db"}), json!({}), Some("b")),
+            pod("1Gi", json!({}), Some("b")),
+        ];
+        let preferred = |kind: &str, weight: i32| {
+            json!({kind: {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": weight, "podAffinityTerm": term(json!({"matchLabels": {"app": "db"}}), "zone")}]}})
+        };
+        let plain = vm_pod("default", json!({}), json!({}), None);
+        assert_eq!(
+            pick(&plain, &nodes, &placed, &[], 100).unwrap(),
+            "a",
+            "freest"
+        );
+        let near = vm_pod("default", json!({}), preferred("podAffinity", 10), None);
+        assert_eq!(pick(&near, &nodes, &placed, &[], 100).unwrap(), "b");
+        let away = vm_pod("default", json!({}), preferred("podAntiAffinity", 10), None);
+        assert_eq!(pick(&away, &nodes, &placed, &[], 100).unwrap(), "a");
+        // Symmetric: a placed pod that prefers company draws a pod it selects.
+        let placed = [
+            vm_pod("default", json!({}), preferred("podAffinity", 5), Some("b")),
+            pod("1Gi", json!({}), Some("b")),
+        ];
+        let db = vm_pod("default", json!({"app": "db"}), json!({}), None);
+        assert_eq!(pick(&db, &nodes, &placed, &[], 100).unwrap(), "b");
     }
 }

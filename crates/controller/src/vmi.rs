@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kuvirt_api::VirtualMachineInstance;
@@ -152,8 +152,10 @@ pub async fn reconcile(
             let nodes = nodes.list(&ListParams::default()).await?.items;
             let all_pods: Api<Pod> = Api::all(ctx.client.clone());
             let placed = all_pods.list(&ListParams::default()).await?.items;
+            let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+            let namespaces = namespaces.list(&ListParams::default()).await?.items;
             let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match pick(pod, &nodes, &placed, ctx.memory_overcommit) {
+            match pick(pod, &nodes, &placed, &namespaces, ctx.memory_overcommit) {
                 Ok(n) => {
                     pods.patch(
                         &pod_name,
