@@ -1,93 +1,24 @@
-//! The whole path on one host: `kuvirt server` (API server, controllers, node agent) turns a
-//! VirtualMachine into a launcher pod, a launcher process and a QEMU guest; the guest's own
-//! console says it booted; stopping the VM powers the guest off through ACPI.
+//! The whole path on one host: `kuvirt server` (API server, controllers, node agent) turns
+//! VirtualMachines into launcher pods, launcher processes and QEMU guests; the guests' own consoles
+//! say they booted; a kill -9 of the server leaves them running and the restarted server adopts
+//! them; stopping a VM powers its guest off through ACPI.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::net::TcpStream;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::plane::{Plane, serial_log, until};
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use kuvirt_handler::sandbox::SandboxConfig;
-
-struct ServerProc(Child);
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `kuvirt server` with its node agent on this host: data and VM state in temp dirs, TCG.
-struct Plane {
-    data: tempfile::TempDir,
-    state: tempfile::TempDir,
-    port: u16,
-}
-
-impl Plane {
-    fn new() -> Plane {
-        Plane {
-            data: tempfile::tempdir().unwrap(),
-            state: state_dir(),
-            port: free_port(),
-        }
-    }
-
-    /// Starts the server and waits until it listens and its kubeconfig exists.
-    fn spawn(&self) -> ServerProc {
-        let proc = ServerProc(
-            Command::new(KUVIRT)
-                .args(["server", "--data-dir"])
-                .arg(self.data.path())
-                .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-                .arg("--state-dir")
-                .arg(self.state.path())
-                .args(["--accel", "tcg", "--node-name", "kuvirt-test"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let kubeconfig = self.data.path().join("kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() || !kubeconfig.exists() {
-            assert!(Instant::now() < deadline, "server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        proc
-    }
-
-    async fn client(&self) -> kube::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let kc = Kubeconfig::read_from(self.data.path().join("kubeconfig")).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    }
-}
-
-async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The launcher pod of a VMI (by its uid).
 async fn launcher_pod(client: &kube::Client, vmi_uid: &str) -> Option<Pod> {
@@ -109,177 +40,250 @@ fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
 
-/// The console log of the VMI `testvm` (its directory is `testvm-<uid prefix>`).
-fn console(state: &Path) -> String {
-    let Ok(dirs) = std::fs::read_dir(state.join("vms/default")) else {
-        return String::new();
-    };
-    dirs.flatten()
-        .filter(|d| d.file_name().to_string_lossy().starts_with("testvm-"))
-        .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
-        .collect()
+/// The console log of the VMIs of VM `name` in `default`.
+fn console(state: &Path, name: &str) -> String {
+    serial_log(state, "default", name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
-    let guest = demo_guest();
-    let plane = Plane::new();
-    let state = &plane.state;
-    let mut server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+fn count(log: &str, marker: &str) -> usize {
+    log.matches(marker).count()
+}
 
-    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+/// Launcher processes of this node's VMs.
+fn launchers(state: &Path) -> usize {
+    let needle = state.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(" launcher ") && c.contains(&needle))
+        .count()
+}
+
+/// A small demo-guest VM on the pod network with a cloud-init hostname (`<name>-host`).
+fn demo_vm(guest: &Path, name: &str, run_strategy: &str) -> VirtualMachine {
+    serde_json::from_value(serde_json::json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": "testvm"},
-        "spec": {"runStrategy": "Always", "template": {"spec": {
+        "metadata": {"name": name},
+        "spec": {"runStrategy": run_strategy, "template": {"spec": {
             "domain": {"devices": {
                 "disks": [{"name": "containerdisk", "disk": {"bus": "virtio"}},
                           {"name": "cloudinitdisk", "disk": {"bus": "virtio"}}],
                 "interfaces": [{"name": "default", "masquerade": {}}]},
-                "resources": {"requests": {"memory": "256Mi"}}},
+                "resources": {"requests": {"memory": "128Mi"}}},
             "networks": [{"name": "default", "pod": {}}],
             "terminationGracePeriodSeconds": 30,
             "volumes": [
                 {"name": "containerdisk", "containerDisk": {"image": format!("oci:{}", guest.join("oci").display())}},
-                {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": "#cloud-config\nhostname: through-the-api\n"}}
+                {"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": format!("#cloud-config\nhostname: {name}-host\n")}}
             ]}}}
     }))
-    .unwrap();
-    vms.create(&PostParams::default(), &vm).await.unwrap();
+    .unwrap()
+}
 
-    let running = until("VMI Running", Duration::from_secs(120), async || {
-        let v = vmis.get_opt("testvm").await.ok()??;
-        let s = v.status?;
-        (s.phase.as_ref()?.as_str() == "Running").then_some(s)
-    })
-    .await;
-    assert_eq!(running.node_name.as_deref(), Some("kuvirt-test"));
+fn halt() -> Patch<serde_json::Value> {
+    Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}}))
+}
 
-    // The launcher runs in a pod sandbox: its own namespace with an address from the node's pod
-    // CIDR, which the pod and the VMI's pod-network interface report.
-    let vmi_uid = vmis.get("testvm").await.unwrap().metadata.uid.unwrap();
-    let pod = launcher_pod(&client, &vmi_uid).await.unwrap();
-    let pod_status = pod.status.unwrap();
-    let pod_ip: std::net::Ipv4Addr = pod_status.pod_ip.as_deref().unwrap().parse().unwrap();
-    assert_eq!(pod_ip.octets()[..2], [10, 244], "pod IP {pod_ip}");
-    assert_ne!(
-        pod_status.host_ip.as_deref(),
-        Some(pod_ip.to_string().as_str())
-    );
-    assert_eq!(running.interfaces.len(), 1, "{:?}", running.interfaces);
-    let iface = &running.interfaces[0];
-    assert_eq!(iface.name.as_deref(), Some("default"));
-    assert_eq!(
-        iface.ip_address.as_deref(),
-        Some(pod_ip.to_string().as_str())
-    );
-    assert_eq!(iface.ip_addresses, vec![pod_ip.to_string()]);
-    assert_eq!(iface.info_source.as_deref(), Some("domain"));
-    assert_eq!(iface.mac.as_deref().map(str::len), Some(17));
-    let first_netns = pod_netns(pod.metadata.uid.as_deref().unwrap());
-    let out = Command::new("ip")
-        .args([
-            "-n",
-            &first_netns,
-            "-4",
-            "-br",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{pod_ip}/24")),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    until("the guest's boot", Duration::from_secs(120), async || {
-        console(state.path())
-            .contains("kuvirt-guest: ready")
-            .then_some(())
-    })
-    .await;
-    assert!(
-        console(state.path()).contains("kuvirt-guest: hostname=through-the-api"),
-        "{}",
-        console(state.path())
-    );
-    until(
-        "VM Running and Ready",
-        Duration::from_secs(30),
-        async || {
-            let s = vms.get("testvm").await.ok()?.status?;
-            (s.printable_status?.as_str() == "Running" && s.ready == Some(true)).then_some(())
-        },
-    )
-    .await;
+/// What a running VM looks like from outside: enough to tell it was not restarted.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    vmi_uid: String,
+    pod_ip: String,
+    netns: String,
+}
 
-    // kill -9 of the whole control plane: the VM keeps running, and the restarted node agent
-    // adopts its launcher instead of starting another one.
-    let qemu = qemu_under(state.path());
-    assert_eq!(qemu.len(), 1, "one QEMU for one VM");
-    let heartbeats = |log: &str| log.matches("kuvirt-guest: heartbeat").count();
+const NAMES: [&str; 3] = ["testvm", "vm-b", "vm-c"];
+
+/// The issue's must-show: kill -9 of `kuvirt server` with three VMs running, restart: the same
+/// QEMU processes, every guest keeps counting without booting again, the VMIs stay Running with
+/// the same UIDs, the VMs reconverge to Ready, the pods keep their addresses. Around it: the
+/// sandbox and interface status of a VM, a guest that powers itself off (runStrategy Always starts
+/// a new VMI), and Halted powering the guests off through ACPI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_vms_survive_a_kill_9_of_the_server() {
+    let guest = demo_guest();
+    let plane = Plane::new();
+    let state = plane.state.path();
+    let mut server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    for name in NAMES {
+        vms.create(&PostParams::default(), &demo_vm(&guest, name, "Always"))
+            .await
+            .unwrap();
+    }
+
+    let mut seen = BTreeMap::new();
+    for name in NAMES {
+        let vmi = until(
+            &format!("{name}'s VMI Running"),
+            Duration::from_secs(120),
+            async || {
+                let v = vmis.get_opt(name).await.ok()??;
+                (v.status.as_ref()?.phase.as_ref()?.as_str() == "Running").then_some(v)
+            },
+        )
+        .await;
+        let status = vmi.status.unwrap();
+        assert_eq!(status.node_name.as_deref(), Some("kuvirt-test"));
+        let vmi_uid = vmi.metadata.uid.unwrap();
+        let pod = launcher_pod(&client, &vmi_uid).await.unwrap();
+        // The launcher runs in a pod sandbox: its own namespace with an address from the node's
+        // pod CIDR, which the pod and the VMI's pod-network interface report.
+        let pod_ip: std::net::Ipv4Addr = pod
+            .status
+            .as_ref()
+            .unwrap()
+            .pod_ip
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(pod_ip.octets()[..2], [10, 244], "pod IP {pod_ip}");
+        assert_ne!(
+            pod.status.as_ref().unwrap().host_ip.as_deref(),
+            Some(pod_ip.to_string().as_str())
+        );
+        assert_eq!(status.interfaces.len(), 1, "{:?}", status.interfaces);
+        let iface = &status.interfaces[0];
+        assert_eq!(iface.name.as_deref(), Some("default"));
+        assert_eq!(
+            iface.ip_address.as_deref(),
+            Some(pod_ip.to_string().as_str())
+        );
+        assert_eq!(iface.ip_addresses, vec![pod_ip.to_string()]);
+        assert_eq!(iface.info_source.as_deref(), Some("domain"));
+        assert_eq!(iface.mac.as_deref().map(str::len), Some(17));
+        let netns = pod_netns(pod.metadata.uid.as_deref().unwrap());
+        let out = Command::new("ip")
+            .args(["-n", &netns, "-4", "-br", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{pod_ip}/24")),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.insert(
+            name,
+            Seen {
+                vmi_uid,
+                pod_ip: pod_ip.to_string(),
+                netns,
+            },
+        );
+    }
+    for name in NAMES {
+        until(
+            &format!("{name}'s boot"),
+            Duration::from_secs(120),
+            async || {
+                console(state, name)
+                    .contains("kuvirt-guest: ready")
+                    .then_some(())
+            },
+        )
+        .await;
+        let log = console(state, name);
+        assert!(
+            log.contains(&format!("kuvirt-guest: hostname={name}-host")),
+            "{log}"
+        );
+    }
+    for name in NAMES {
+        until(
+            &format!("{name} Running and Ready"),
+            Duration::from_secs(30),
+            async || {
+                let s = vms.get(name).await.ok()?.status?;
+                (s.printable_status?.as_str() == "Running" && s.ready == Some(true)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // kill -9 of the whole control plane and its node agent; then the same server again.
+    let mut qemu = qemu_under(state);
+    qemu.sort_unstable();
+    assert_eq!(qemu.len(), 3, "one QEMU per VM");
+    let before: BTreeMap<_, _> = NAMES
+        .iter()
+        .map(|n| (*n, count(&console(state, n), "kuvirt-guest: heartbeat")))
+        .collect();
     drop(server);
     server = plane.spawn();
-    let launchers = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(" launcher ") && c.contains(&state.path().display().to_string()))
-            .count()
-    };
-    // Watch a few guest seconds after the restart: never a second launcher, the same QEMU.
-    let before = heartbeats(&console(state.path()));
+    // A few guest seconds after the restart: never a second launcher, every guest still counting.
     until(
-        "the guest still counting",
-        Duration::from_secs(60),
+        "every guest still counting",
+        Duration::from_secs(90),
         async || {
             assert!(
-                launchers() <= 1,
-                "a second launcher was started for the same VM"
+                launchers(state) <= 3,
+                "a second launcher was started for a VM"
             );
-            (heartbeats(&console(state.path())) > before + 3).then_some(())
+            NAMES
+                .iter()
+                .all(|n| count(&console(state, n), "kuvirt-guest: heartbeat") > before[n] + 3)
+                .then_some(())
         },
     )
     .await;
-    assert_eq!(qemu_under(state.path()), qemu, "QEMU was restarted");
-    // The adopted launcher keeps its sandbox and address.
-    assert!(netns_exists(&first_netns), "the sandbox was removed");
-    let pod = launcher_pod(&client, &vmi_uid).await.unwrap();
-    assert_eq!(
-        pod.status.unwrap().pod_ip.as_deref(),
-        Some(pod_ip.to_string().as_str())
-    );
-    assert_eq!(
-        vmis.get("testvm")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .phase
-            .unwrap()
-            .as_str(),
-        "Running"
-    );
+    let mut again = qemu_under(state);
+    again.sort_unstable();
+    assert_eq!(again, qemu, "QEMU was restarted");
+    for name in NAMES {
+        assert_eq!(
+            count(&console(state, name), "kuvirt-guest: booted"),
+            1,
+            "{name} booted again"
+        );
+        // Status reconverges from the adopted launchers; nothing was replaced.
+        until(
+            &format!("{name} Ready again"),
+            Duration::from_secs(60),
+            async || {
+                let vmi = vmis.get(name).await.ok()?;
+                let uid = vmi.metadata.uid.clone()?;
+                assert_eq!(uid, seen[name].vmi_uid, "{name}'s VMI was replaced");
+                let running = vmi.status?.phase?.as_str() == "Running";
+                let s = vms.get(name).await.ok()?.status?;
+                let ready = s.printable_status?.as_str() == "Running" && s.ready == Some(true);
+                let pod = launcher_pod(&client, &uid).await?;
+                let now = Seen {
+                    vmi_uid: uid,
+                    pod_ip: pod.status?.pod_ip?,
+                    netns: pod_netns(pod.metadata.uid.as_deref()?),
+                };
+                assert_eq!(now, seen[name], "{name}'s pod changed");
+                (running && ready).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            netns_exists(&seen[name].netns),
+            "{name}'s sandbox was removed"
+        );
+    }
 
-    // The guest powers itself off (ACPI through its launcher): runStrategy Always starts a new VMI.
-    let first = vmis.get("testvm").await.unwrap();
-    let first_uid = first.metadata.uid.clone().unwrap();
+    // Two guests go (Halted: ACPI through their launchers); the third powers itself off and
+    // runStrategy Always starts a new VMI for it.
+    for name in &NAMES[1..] {
+        vms.patch(name, &PatchParams::default(), &halt())
+            .await
+            .unwrap();
+    }
+    let first_uid = seen["testvm"].vmi_uid.clone();
     let short: String = first_uid
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect();
-    let vm_dir = state.path().join(format!("vms/default/testvm-{short}"));
     let out = Command::new(KUVIRT)
         .args(["ctl", "--vm-dir"])
-        .arg(&vm_dir)
+        .arg(state.join(format!("vms/default/testvm-{short}")))
         .arg("shutdown")
         .output()
         .unwrap();
@@ -295,41 +299,39 @@ async fn a_vm_runs_through_the_control_plane_and_stops_gracefully() {
     })
     .await;
     until("the second boot", Duration::from_secs(120), async || {
-        (console(state.path()).matches("kuvirt-guest: ready").count() >= 2).then_some(())
+        (count(&console(state, "testvm"), "kuvirt-guest: ready") >= 2).then_some(())
     })
     .await;
 
-    vms.patch(
-        "testvm",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
-    )
-    .await
-    .unwrap();
-    until("the VMI gone", Duration::from_secs(60), async || {
-        vmis.get_opt("testvm").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    vms.patch("testvm", &PatchParams::default(), &halt())
+        .await
+        .unwrap();
+    for name in NAMES {
+        until(
+            &format!("{name}'s VMI gone"),
+            Duration::from_secs(60),
+            async || vmis.get_opt(name).await.ok()?.is_none().then_some(()),
+        )
+        .await;
+    }
     until(
-        "the guest's poweroff",
+        "the guests' poweroff",
         Duration::from_secs(60),
         async || {
-            // One poweroff from the guest's own shutdown, one from Halted.
-            (console(state.path())
-                .matches("kuvirt-guest: poweroff")
-                .count()
-                >= 2)
-                .then_some(())
+            // testvm: one poweroff from the guest's own shutdown, one from Halted.
+            let offs = |n: &str| count(&console(state, n), "kuvirt-guest: poweroff");
+            (offs("testvm") >= 2 && offs("vm-b") >= 1 && offs("vm-c") >= 1).then_some(())
         },
     )
     .await;
     until("QEMU gone", Duration::from_secs(60), async || {
-        qemu_under(state.path()).is_empty().then_some(())
+        qemu_under(state).is_empty().then_some(())
     })
     .await;
-    // Both pods' sandboxes go with their launchers.
+    // Every pod's sandbox goes with its launcher.
     until("the sandboxes gone", Duration::from_secs(30), async || {
-        (!netns_exists(&first_netns) && sandbox_count(state.path()) == 0).then_some(())
+        let gone = seen.values().all(|s| !netns_exists(&s.netns));
+        (gone && sandbox_count(state) == 0).then_some(())
     })
     .await;
     drop(server);
@@ -408,7 +410,7 @@ async fn rerun_on_failure_restarts_crashes_only() {
     };
     let first = running(None).await;
     until("the guest ready", Duration::from_secs(120), async || {
-        console(state.path())
+        console(state.path(), "testvm")
             .contains("kuvirt-guest: ready")
             .then_some(())
     })
@@ -426,7 +428,13 @@ async fn rerun_on_failure_restarts_crashes_only() {
     until(
         "the second guest ready",
         Duration::from_secs(120),
-        async || (console(state.path()).matches("kuvirt-guest: ready").count() >= 2).then_some(()),
+        async || {
+            (console(state.path(), "testvm")
+                .matches("kuvirt-guest: ready")
+                .count()
+                >= 2)
+                .then_some(())
+        },
     )
     .await;
 
@@ -469,9 +477,7 @@ async fn rerun_on_failure_restarts_crashes_only() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
-        console(state.path())
-            .matches("kuvirt-guest: booted")
-            .count(),
+        count(&console(state.path(), "testvm"), "kuvirt-guest: booted"),
         2
     );
 }
