@@ -8,143 +8,26 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{KUVIRT, demo_guest, free_port, qemu_under, state_dir};
+use common::plane::{Plane, ServerProc, serial_log, until};
+use common::{KUVIRT, demo_guest, qemu_under};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kuvirt_api::defaults::legacy_firmware_uuid;
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use kuvirt_launcher::convert::generated_mac;
 use serde_json::{Value, json};
 
-/// `kuvirt server` in temp dirs; with a node agent (TCG) only when `state` is given.
-struct Plane {
-    child: Child,
-    data: tempfile::TempDir,
-    state: Option<tempfile::TempDir>,
-}
-
-impl Plane {
-    fn control_plane() -> Plane {
-        Plane::spawn(None)
-    }
-
-    fn with_node() -> Plane {
-        Plane::spawn(Some(state_dir()))
-    }
-
-    fn spawn(state: Option<tempfile::TempDir>) -> Plane {
-        let data = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut cmd = Command::new(KUVIRT);
-        cmd.args(["server", "--data-dir"])
-            .arg(data.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")]);
-        match &state {
-            Some(s) => {
-                cmd.arg("--state-dir").arg(s.path()).args([
-                    "--accel",
-                    "tcg",
-                    "--node-name",
-                    "kuvirt-test",
-                ]);
-            }
-            None => {
-                cmd.arg("--no-node-agent");
-            }
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let kubeconfig = data.path().join("kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
-            assert!(Instant::now() < deadline, "server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Plane { child, data, state }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.data.path().join("kubeconfig")
-    }
-
-    async fn client(&self) -> kube::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let kc = Kubeconfig::read_from(self.kubeconfig()).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
-    }
-
-    /// `kuvirt ARGS --kubeconfig K` (for verbs that talk to the server).
-    fn kuvirt(&self, args: &[&str]) -> Output {
-        Command::new(KUVIRT)
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .output()
-            .unwrap()
-    }
-
-    /// `kubectl apply -f -` of `manifest`.
-    fn kubectl_apply(&self, manifest: &str) -> Output {
-        let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.data.path())
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Launchers run in their own process group and outlive the server: nothing may outlive
-        // the test.
-        if let Some(state) = &self.state {
-            let needle = state.path().display().to_string();
-            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-                    continue;
-                };
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains(&needle) && (cmd.contains(" launcher ") || cmd.starts_with("qemu"))
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-    }
+/// `kuvirt server` without a node agent (the tests that run no guests), and its process.
+fn control_plane() -> (Plane, ServerProc) {
+    let plane = Plane::new();
+    let server = plane.spawn_with(&["--no-node-agent"]);
+    (plane, server)
 }
 
 fn stdout(o: &Output) -> String {
@@ -190,17 +73,6 @@ fn create_vm(args: &[&str]) -> String {
         .unwrap())
 }
 
-async fn until<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn vm(v: Value) -> VirtualMachine {
     serde_json::from_value(v).unwrap()
 }
@@ -222,7 +94,7 @@ fn without_machine(mut spec: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_manifests_apply_with_kubectl_and_round_trip() {
-    let plane = Plane::control_plane();
+    let (plane, _server) = control_plane();
     let vms: Api<VirtualMachine> = Api::namespaced(plane.client().await, "default");
 
     // virtctl's defaults alone: a generated name, runStrategy Always, 512Mi, grace period 180.
@@ -298,7 +170,7 @@ async fn created_manifests_apply_with_kubectl_and_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_of_a_stopped_vm_keeps_its_spec_and_identity() {
-    let plane = Plane::control_plane();
+    let (plane, _server) = control_plane();
     let vms: Api<VirtualMachine> = Api::namespaced(plane.client().await, "default");
     let old = vms
         .create(
@@ -366,7 +238,7 @@ async fn rename_of_a_stopped_vm_keeps_its_spec_and_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_refuses_a_running_vm_and_a_taken_name() {
-    let plane = Plane::control_plane();
+    let (plane, _server) = control_plane();
     let client = plane.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
@@ -423,7 +295,7 @@ async fn rename_refuses_a_running_vm_and_a_taken_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_creates_a_service_selecting_the_launcher_pod() {
-    let plane = Plane::control_plane();
+    let (plane, _server) = control_plane();
     let client = plane.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
@@ -548,16 +420,9 @@ async fn expose_creates_a_service_selecting_the_launcher_pod() {
     assert!(svcs.get_opt("quiet").await.unwrap().is_none());
 }
 
-/// The console log of the VMIs of VM `name` (directories `name-<uid prefix>`).
+/// The console log of the VMIs of VM `name` in `default`.
 fn console(state: &Path, name: &str) -> String {
-    let Ok(dirs) = std::fs::read_dir(state.join("vms/default")) else {
-        return String::new();
-    };
-    let prefix = format!("{name}-");
-    dirs.flatten()
-        .filter(|d| d.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
-        .collect()
+    serial_log(state, "default", name)
 }
 
 /// The `mac=` of the guest's first `dhcp iface=eth0` line.
@@ -574,8 +439,9 @@ fn dhcp_mac(log: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_guest_keeps_its_mac_and_host_disk() {
     let guest = demo_guest();
-    let plane = Plane::with_node();
-    let state = plane.state.as_ref().unwrap().path().to_path_buf();
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let state = plane.state.path().to_path_buf();
     let vms: Api<VirtualMachine> = Api::namespaced(plane.client().await, "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(plane.client().await, "default");
     let disk = state.join("data.img");

@@ -1,6 +1,7 @@
 //! `kuvirt server` as a child process for whole-path tests: data and VM state in temp dirs, TCG,
 //! a kube-rs client and `kuvirt` CLI calls against it, and polling with a deadline.
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -86,6 +87,26 @@ impl Plane {
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// `kubectl apply -f -` of `manifest` (HOME in the data dir: no cache outside the test).
+    pub fn kubectl_apply(&self, manifest: &str) -> Output {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.data.path())
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 
     /// A kubeconfig for the read-only user (the admin one with the viewer's token).
