@@ -4,41 +4,33 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::plane::{Plane, ServerProc, until};
 
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 
-const KUVIRT: &str = env!("CARGO_BIN_EXE_kuvirt");
-
+/// The control plane only: these tests run no guests (see vm_e2e.rs for those).
 struct Server {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
+    plane: Plane,
+    proc: Option<ServerProc>,
     history: u64,
     /// Seconds without a heartbeat before a node is lost.
     node_timeout: u64,
 }
 
 impl Server {
-    fn start(dir: &Path, history: u64) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    fn start(history: u64) -> Server {
         let mut s = Server {
-            child: None,
-            dir: dir.to_path_buf(),
-            port,
+            plane: Plane::new(),
+            proc: None,
             history,
             node_timeout: 300,
         };
@@ -46,65 +38,29 @@ impl Server {
         s
     }
 
+    /// Starts it again on the same data directory and port.
     fn spawn(&mut self) {
-        let child = Command::new(KUVIRT)
-            .args(["server", "--data-dir"])
-            .arg(&self.dir)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--watch-history", &self.history.to_string()])
-            .args(["--node-heartbeat-timeout", &self.node_timeout.to_string()])
-            // The control plane only: these tests run no guests (see vm_e2e.rs for those).
-            .arg("--no-node-agent")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Listening comes first, the kubeconfig right after: wait for both.
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err()
-            || !self.dir.join("kubeconfig").exists()
-        {
-            assert!(Instant::now() < deadline, "server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc = Some(self.plane.spawn_with(&[
+            "--no-node-agent",
+            "--watch-history",
+            &self.history.to_string(),
+            "--node-heartbeat-timeout",
+            &self.node_timeout.to_string(),
+        ]));
     }
 
     /// SIGKILL: no chance to flush anything.
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
+        self.proc = None;
     }
 
     async fn client(&self) -> kube::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let kc = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(cfg).unwrap()
+        self.plane.client().await
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Polls `f` until it gives a value, for at most 40 s.
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long the control plane gets for anything.
+const WAIT: Duration = Duration::from_secs(40);
 
 fn cm(name: &str) -> ConfigMap {
     ConfigMap {
@@ -143,8 +99,7 @@ async fn added(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_across_a_restart_and_relists_after_compaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), 300);
+    let mut server = Server::start(300);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     let a = api.create(&PostParams::default(), &cm("a")).await.unwrap();
 
@@ -221,8 +176,7 @@ async fn watch_resumes_across_a_restart_and_relists_after_compaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_burst_of_creates_keeps_every_acknowledged_create() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), 300);
+    let mut server = Server::start(300);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
@@ -267,8 +221,7 @@ async fn kill_9_in_a_burst_of_creates_keeps_every_acknowledged_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_with_one_resource_version_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), 300);
+    let server = Server::start(300);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     let base = api
         .create(&PostParams::default(), &cm("shared"))
@@ -306,8 +259,7 @@ async fn vm_controller_follows_the_run_strategy() {
     use kube::api::{DeleteParams, Patch, PatchParams};
     use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), 300);
+    let server = Server::start(300);
     let client = server.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, "default");
@@ -320,13 +272,13 @@ async fn vm_controller_follows_the_run_strategy() {
     .unwrap();
     let vm = vms.create(&PostParams::default(), &vm).await.unwrap();
 
-    let first = until("a VMI", async || vmis.get_opt("ctl").await.unwrap()).await;
+    let first = until("a VMI", WAIT, async || vmis.get_opt("ctl").await.unwrap()).await;
     let owner = &first.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(Some(&owner.uid), vm.metadata.uid.as_ref());
     assert_eq!(owner.controller, Some(true));
     assert_eq!(first.metadata.labels.as_ref().unwrap()["app"], "ctl");
     // No node can take it in this test: starting, then unschedulable.
-    until("Starting or ErrorUnschedulable", async || {
+    until("Starting or ErrorUnschedulable", WAIT, async || {
         let v = vms.get("ctl").await.unwrap();
         let s = v.status?.printable_status?;
         matches!(s.as_str(), "Starting" | "ErrorUnschedulable").then_some(())
@@ -340,7 +292,7 @@ async fn vm_controller_follows_the_run_strategy() {
         "involvedObject.name=ctl,involvedObject.namespace=default,involvedObject.kind=VirtualMachine,involvedObject.uid={}",
         vm.metadata.uid.clone().unwrap()
     );
-    until("a SuccessfulCreate event", async || {
+    until("a SuccessfulCreate event", WAIT, async || {
         let l = events
             .list(&ListParams::default().fields(&selector))
             .await
@@ -360,11 +312,11 @@ async fn vm_controller_follows_the_run_strategy() {
     )
     .await
     .unwrap();
-    until("the VMI gone", async || {
+    until("the VMI gone", WAIT, async || {
         vmis.get_opt("ctl").await.unwrap().is_none().then_some(())
     })
     .await;
-    until("Stopped", async || {
+    until("Stopped", WAIT, async || {
         let s = vms.get("ctl").await.unwrap().status?.printable_status?;
         (s.as_str() == "Stopped").then_some(())
     })
@@ -377,11 +329,14 @@ async fn vm_controller_follows_the_run_strategy() {
     )
     .await
     .unwrap();
-    let second = until("a new VMI", async || vmis.get_opt("ctl").await.unwrap()).await;
+    let second = until("a new VMI", WAIT, async || {
+        vmis.get_opt("ctl").await.unwrap()
+    })
+    .await;
     assert_ne!(second.metadata.uid, first.metadata.uid);
 
     vms.delete("ctl", &DeleteParams::default()).await.unwrap();
-    until("the VMI collected", async || {
+    until("the VMI collected", WAIT, async || {
         vmis.get_opt("ctl").await.unwrap().is_none().then_some(())
     })
     .await;
@@ -396,8 +351,7 @@ async fn vmi_controller_renders_places_and_hands_over() {
     use kube::api::{Patch, PatchParams};
     use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), 300);
+    let server = Server::start(300);
     let client = server.client().await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
@@ -409,9 +363,12 @@ async fn vmi_controller_renders_places_and_hands_over() {
     }))
     .unwrap();
     vms.create(&PostParams::default(), &vm).await.unwrap();
-    let vmi = until("a VMI", async || vmis.get_opt("placed").await.unwrap()).await;
+    let vmi = until("a VMI", WAIT, async || {
+        vmis.get_opt("placed").await.unwrap()
+    })
+    .await;
     let uid = vmi.metadata.uid.clone().unwrap();
-    let pod = until("a launcher pod", async || {
+    let pod = until("a launcher pod", WAIT, async || {
         let l = pods
             .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
             .await
@@ -421,7 +378,7 @@ async fn vmi_controller_renders_places_and_hands_over() {
     .await;
     let pod_name = pod.metadata.name.clone().unwrap();
     assert!(pod_name.starts_with("virt-launcher-placed-"), "{pod_name}");
-    until("ErrorUnschedulable", async || {
+    until("ErrorUnschedulable", WAIT, async || {
         let s = vms.get("placed").await.unwrap().status?.printable_status?;
         (s.as_str() == "ErrorUnschedulable").then_some(())
     })
@@ -444,7 +401,7 @@ async fn vmi_controller_renders_places_and_hands_over() {
         )
         .await
         .unwrap();
-    until("the pod bound to n1", async || {
+    until("the pod bound to n1", WAIT, async || {
         let p = pods.get(&pod_name).await.unwrap();
         (p.spec?.node_name.as_deref() == Some("n1")).then_some(())
     })
@@ -457,7 +414,7 @@ async fn vmi_controller_renders_places_and_hands_over() {
     )
     .await
     .unwrap();
-    let scheduled = until("Scheduled", async || {
+    let scheduled = until("Scheduled", WAIT, async || {
         let v = vmis.get("placed").await.unwrap();
         let s = v.status?;
         (s.phase.as_ref()?.as_str() == "Scheduled").then_some(s)
@@ -474,8 +431,7 @@ async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
     use kube::api::{Patch, PatchParams};
     use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), 300);
+    let mut server = Server::start(300);
     server.kill9();
     server.node_timeout = 3;
     server.spawn();
@@ -508,9 +464,9 @@ async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
     }))
     .unwrap();
     vms.create(&PostParams::default(), &vm).await.unwrap();
-    let first = until("a VMI", async || vmis.get_opt("lost").await.unwrap()).await;
+    let first = until("a VMI", WAIT, async || vmis.get_opt("lost").await.unwrap()).await;
     let uid = first.metadata.uid.clone().unwrap();
-    let pod = until("its pod on ghost", async || {
+    let pod = until("its pod on ghost", WAIT, async || {
         let l = pods
             .list(&ListParams::default().labels(&format!("kubevirt.io/created-by={uid}")))
             .await
@@ -527,13 +483,13 @@ async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
     )
     .await
     .unwrap();
-    until("Scheduled on ghost", async || {
+    until("Scheduled on ghost", WAIT, async || {
         let s = vmis.get("lost").await.unwrap().status?;
         (s.node_name.as_deref() == Some("ghost")).then_some(())
     })
     .await;
     // No more heartbeats: the node is lost, the VMI fails and the VM starts a new one.
-    until("ghost NotReady", async || {
+    until("ghost NotReady", WAIT, async || {
         let n = nodes.get("ghost").await.unwrap();
         let c = n
             .status?
@@ -543,7 +499,7 @@ async fn a_lost_node_fails_its_vmis_and_their_vms_start_again() {
         (c.status == "Unknown").then_some(())
     })
     .await;
-    until("a new VMI", async || {
+    until("a new VMI", WAIT, async || {
         let v = vmis.get_opt("lost").await.unwrap()?;
         (v.metadata.uid.as_deref() != Some(uid.as_str())).then_some(())
     })
