@@ -117,7 +117,13 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         hosts.push(ip);
     }
     hosts.extend(cfg.extra_hosts.iter().cloned());
-    let creds = pki::ensure(&cfg.data_dir, &hosts, &format!("https://{addr}"))?;
+    // Listening on every address: local clients (the kubeconfig) use loopback.
+    let local = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let creds = pki::ensure(&cfg.data_dir, &hosts, &format!("https://{local}"))?;
     default_namespaces(&store).await?;
 
     let state = Arc::new(AppState {

@@ -1,5 +1,6 @@
 //! `kuvirt`: one binary for every role. This session's verbs: run, image, demo-image, ctl.
 
+mod agent;
 mod console;
 mod create;
 mod expose;
@@ -65,6 +66,8 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Join the control plane at --server as a node: run VMs on this host too.
+    Agent(agent::AgentArgs),
     /// The process of one launcher pod (started by the node agent).
     #[command(hide = true)]
     Launcher(launcher::LauncherArgs),
@@ -120,26 +123,11 @@ struct NodeArgs {
     /// Run only the control plane, no VMs on this host.
     #[arg(long)]
     no_node_agent: bool,
-    /// The Node's name (default: the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// Images and VM directories of this node.
-    #[arg(long, env = "KUVIRT_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// auto uses KVM only if a probe guest runs under it; else TCG.
-    #[arg(long, default_value = "auto")]
-    accel: String,
+    #[command(flatten)]
+    flags: agent::NodeFlags,
     /// Seconds without a heartbeat after which a node is lost and its VMIs fail.
     #[arg(long, default_value = "40", hide = true)]
     node_heartbeat_timeout: u64,
-    /// Where the node agent's endpoint (console, VNC, pause… proxied by the API server)
-    /// listens; port 0 picks a free one, published on the Node.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    agent_listen: std::net::SocketAddr,
-    /// The address the API server reaches this node at (default: the source address of the
-    /// route to the API server, or of the default route).
-    #[arg(long)]
-    node_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +226,7 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             node,
         } => server(data_dir, listen, tls_san, watch_history, node).await,
         Command::Launcher(args) => launcher::launcher(args).await,
+        Command::Agent(args) => agent::agent(args).await,
         Command::Image(ImageCommand::Push {
             source,
             reference,
@@ -361,31 +350,12 @@ async fn server(
     let agent = if node.no_node_agent {
         None
     } else {
-        let name = node.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into())
-        });
-        let runner = kuvirt_handler::RunnerConfig {
-            node: name,
-            exe: std::env::current_exe()?,
-            kubeconfig: running.creds.kubeconfig.clone(),
-            // Not the data directory (root-only: QEMU runs as uid 107) and not `kuvirt run`'s.
-            state_dir: run::state_dir(Some(
-                node.state_dir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/kuvirt/node")),
-            ))?,
-            accel: node.accel.clone(),
-        };
-        let cfg = kuvirt_handler::AgentConfig {
-            runner,
-            endpoint_listen: node.agent_listen,
-            ca_pem: running.creds.ca_pem.clone(),
-            node_ip: node
-                .node_ip
-                .unwrap_or_else(|| kuvirt_handler::node::node_ip(listen.ip())),
-        };
+        let cfg = agent::agent_config(
+            &node.flags,
+            &running.creds.kubeconfig,
+            &running.creds.ca_pem,
+            listen.ip(),
+        )?;
         let client = client.clone();
         Some(tokio::spawn(async move {
             if let Err(e) = kuvirt_handler::run(client, cfg).await {

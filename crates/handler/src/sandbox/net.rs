@@ -18,8 +18,15 @@ const NETNS_DIR: &str = "/run/netns";
 const ETC_NETNS: &str = "/etc/netns";
 
 /// Whether an interface of this name exists in our namespace.
+/// Asks `ip`, not /sys/class/net: sysfs shows the namespace it was mounted in, which is not ours
+/// when the agent runs in a namespace of its own (`nsenter --net`).
 pub fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether the named network namespace exists.

@@ -1,0 +1,375 @@
+//! Two nodes: `kuvirt server` on this host (node n1) and `kuvirt agent` joining it from its own
+//! network namespace (node n2, reached over a veth like a second machine). Placement follows
+//! nodeSelector and free resources; the API server reaches a VM on n2 through n2's endpoint;
+//! when n2 dies (its agent and VMs killed), its VM comes back on n1 after the heartbeat timeout.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::plane::{client_for, serial_log, until};
+use common::*;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace wired to this host by a veth pair: HOST_IP on our side, NODE_IP inside.
+struct NetNode {
+    ns: String,
+    host_if: String,
+    host_ip: String,
+    node_ip: String,
+}
+
+impl NetNode {
+    fn create() -> NetNode {
+        let id = std::process::id() % 100_000;
+        let n = NetNode {
+            ns: format!("kvt-node2-{id}"),
+            host_if: format!("kvt2h{id}"),
+            host_ip: format!("10.250.{}.1", id % 250),
+            node_ip: format!("10.250.{}.2", id % 250),
+        };
+        let _ = Command::new("ip").args(["netns", "del", &n.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &n.host_if])
+            .output();
+        ip(&["netns", "add", &n.ns]);
+        let inner = format!("kvt2n{id}");
+        ip(&[
+            "link", "add", &n.host_if, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &n.ns]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", n.host_ip),
+            "dev",
+            &n.host_if,
+        ]);
+        ip(&["link", "set", &n.host_if, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["-n", n.ns.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        in_ns(&["link", "set", "lo", "up"]);
+        in_ns(&["link", "set", &inner, "name", "eth0"]);
+        in_ns(&["addr", "add", &format!("{}/30", n.node_ip), "dev", "eth0"]);
+        in_ns(&["link", "set", "eth0", "up"]);
+        in_ns(&["route", "add", "default", "via", &n.host_ip]);
+        n
+    }
+}
+
+impl Drop for NetNode {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGKILL to every process whose command line names `dir` (launchers and QEMUs of a node).
+fn kill_under(dir: &Path) {
+    let dir = dir.display().to_string();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read(p.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Kills whatever still runs under the nodes' state directories when the test ends, passed or
+/// not (VMs outlive their node agents by design).
+struct KillUnder(Vec<std::path::PathBuf>);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            kill_under(d);
+        }
+    }
+}
+
+/// What a dead node leaves behind on this host: its pods' network namespaces and cgroups.
+fn remove_sandbox(uid: &str) {
+    let short: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &format!("kuvirt-{short}")])
+        .output();
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let Ok(hiers) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for h in hiers.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(format!("kuvirt/pod{uid}")));
+        }
+    }
+}
+
+fn vm(name: &str, guest: &Path, node_selector: Option<&str>) -> VirtualMachine {
+    let mut spec = serde_json::json!({
+        "domain": {"devices": {"disks": [{"name": "containerdisk", "disk": {"bus": "virtio"}}]},
+                   "resources": {"requests": {"memory": "128Mi"}}},
+        "terminationGracePeriodSeconds": 10,
+        "volumes": [{"name": "containerdisk",
+                     "containerDisk": {"image": format!("oci:{}", guest.join("oci").display())}}]
+    });
+    if let Some(n) = node_selector {
+        spec["nodeSelector"] = serde_json::json!({ "kubernetes.io/hostname": n });
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"runStrategy": "Always", "template": {"spec": spec}}
+    }))
+    .unwrap()
+}
+
+async fn vmi_on(vmis: &Api<VirtualMachineInstance>, name: &str) -> Option<(String, String)> {
+    let v = vmis.get_opt(name).await.ok()??;
+    let s = v.status?;
+    (s.phase?.as_str() == "Running").then_some((s.node_name?, v.metadata.uid?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_remote_endpoint_and_failover_across_two_nodes() {
+    let guest = demo_guest();
+    let net = NetNode::create();
+    let data = tempfile::tempdir().unwrap();
+    let s1 = state_dir();
+    let s2 = state_dir();
+    let _reaper = KillUnder(vec![s1.path().to_path_buf(), s2.path().to_path_buf()]);
+    let port = free_port();
+    let _server = Proc(
+        Command::new(KUVIRT)
+            .args(["server", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen", &format!("0.0.0.0:{port}")])
+            .args(["--tls-san", &net.host_ip])
+            .arg("--state-dir")
+            .arg(s1.path())
+            .args(["--accel", "tcg", "--node-name", "n1"])
+            .args(["--node-heartbeat-timeout", "8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kubeconfig = data.path().join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent_log = data.path().join("agent.log");
+    let mut agent = Proc(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.ns))
+            .arg(KUVIRT)
+            .args([
+                "agent",
+                "--server",
+                &format!("https://{}:{port}", net.host_ip),
+            ])
+            .arg("--token-file")
+            .arg(data.path().join("node-token"))
+            .arg("--state-dir")
+            .arg(s2.path())
+            .args(["--accel", "tcg", "--node-name", "n2"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let client = client_for(&kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+
+    // Both nodes Ready, each with its own pod CIDR; n2 at its own address.
+    let n2 = until("node n2 Ready", Duration::from_secs(60), async || {
+        let n = nodes.get_opt("n2").await.ok()??;
+        let ready = n
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready && n.spec.as_ref()?.pod_cidr.is_some()).then_some(n)
+    })
+    .await;
+    let addrs = n2.status.unwrap().addresses.unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == net.node_ip),
+        "{addrs:?}\n{}",
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
+    );
+    let n1_cidr = nodes.get("n1").await.unwrap().spec.unwrap().pod_cidr;
+    let n2_cidr = n2.spec.unwrap().pod_cidr.unwrap();
+    assert_ne!(n1_cidr.as_deref(), Some(n2_cidr.as_str()));
+
+    // nodeSelector: "a" goes to n1. Free resources: "b" then goes to n2, the emptier node.
+    vms.create(&PostParams::default(), &vm("a", &guest, Some("n1")))
+        .await
+        .unwrap();
+    let (a_node, _) = until("a running", Duration::from_secs(120), async || {
+        vmi_on(&vmis, "a").await
+    })
+    .await;
+    assert_eq!(a_node, "n1");
+    vms.create(&PostParams::default(), &vm("b", &guest, None))
+        .await
+        .unwrap();
+    let (b_node, b_uid) = until("b running", Duration::from_secs(120), async || {
+        vmi_on(&vmis, "b").await
+    })
+    .await;
+    assert_eq!(b_node, "n2");
+    until(
+        "b's guest booted on n2",
+        Duration::from_secs(120),
+        async || {
+            serial_log(s2.path(), "default", "b")
+                .contains("kuvirt-guest: ready")
+                .then_some(())
+        },
+    )
+    .await;
+    let b_ip = vmis.get("b").await.unwrap().status.unwrap().interfaces[0]
+        .ip_address
+        .clone()
+        .unwrap();
+    let prefix = n2_cidr.rsplit_once('.').unwrap().0.to_string();
+    assert!(b_ip.starts_with(&prefix), "{b_ip} not in {n2_cidr}");
+
+    // The API server reaches b through n2's endpoint.
+    let shot = data.path().join("b.png");
+    let out = Command::new(KUVIRT)
+        .args(["vnc", "screenshot", "b", "--file"])
+        .arg(&shot)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+
+    // More memory than any node has: unschedulable, with the scheduler's reason.
+    let mut huge = vm("huge", &guest, None);
+    huge.spec.template.as_mut().unwrap().spec.domain.resources =
+        serde_json::from_value(serde_json::json!({"requests": {"memory": "64Ti"}})).unwrap();
+    vms.create(&PostParams::default(), &huge).await.unwrap();
+    until("huge unschedulable", Duration::from_secs(60), async || {
+        let s = vms.get("huge").await.ok()?.status?;
+        (s.printable_status?.as_str() == "ErrorUnschedulable").then_some(())
+    })
+    .await;
+    vms.delete("huge", &Default::default()).await.unwrap();
+
+    // n2 dies: its agent and everything it ran. After the heartbeat timeout b runs on n1.
+    let b_pod_uids: Vec<String> = pods
+        .list(&ListParams::default().fields("spec.nodeName=n2"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    kill_under(s2.path());
+    let (b_node, b_uid2) = until("b back on n1", Duration::from_secs(180), async || {
+        vmi_on(&vmis, "b").await
+    })
+    .await;
+    assert_eq!(b_node, "n1");
+    assert_ne!(b_uid, b_uid2, "a new VMI");
+    until(
+        "b's guest booted on n1",
+        Duration::from_secs(120),
+        async || {
+            serial_log(s1.path(), "default", "b")
+                .contains("kuvirt-guest: ready")
+                .then_some(())
+        },
+    )
+    .await;
+    let n2_ready = nodes
+        .get("n2")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(n2_ready.status, "Unknown");
+
+    // Stop both VMs; nothing may be left running.
+    for name in ["a", "b"] {
+        vms.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
+        )
+        .await
+        .unwrap();
+    }
+    until("QEMU gone on n1", Duration::from_secs(90), async || {
+        qemu_under(s1.path()).is_empty().then_some(())
+    })
+    .await;
+    kill_under(s1.path());
+    for uid in b_pod_uids {
+        remove_sandbox(&uid);
+    }
+}
