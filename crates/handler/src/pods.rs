@@ -30,6 +30,12 @@ use crate::sandbox::cgroup::Limits;
 use crate::sandbox::ipam::Cidr;
 use crate::sandbox::{self, Sandbox, SandboxConfig, apiproxy};
 
+// Declared here rather than in lib.rs, which belongs to the agent's wiring.
+#[path = "events.rs"]
+pub mod events;
+
+use events::{Involved, VmiEvent, record};
+
 /// What the handler needs to start launchers.
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -48,6 +54,10 @@ struct Launcher {
     vm_dir: PathBuf,
     /// The launcher's pid when we started it (an adopted one is reached by its socket only).
     pid: Option<u32>,
+    /// Its VMI, for events.
+    vmi: Involved,
+    /// A graceful shutdown was asked for (its event is recorded once).
+    shutdown_signaled: bool,
     _monitor: tokio::task::JoinHandle<()>,
 }
 
@@ -203,18 +213,30 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     Some("Succeeded" | "Failed")
                 );
                 if pod.metadata.deletion_timestamp.is_some() {
-                    stop(&launchers, &uid).await;
+                    stop(&client, &cfg.node, &launchers, &uid).await;
                 } else if !final_phase && !launchers.lock().await.contains_key(&uid) {
                     match start(&client, &cfg, &net, &pod, launchers.clone()).await {
                         Ok(l) => {
                             launchers.lock().await.insert(uid, l);
                         }
-                        Err(e) => tracing::warn!(error = %e, "starting a launcher failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "starting a launcher failed");
+                            if let Some(vmi) = vmi_of_pod(&pod) {
+                                record(
+                                    &client,
+                                    &cfg.node,
+                                    &vmi,
+                                    VmiEvent::SyncFailed(e.to_string()),
+                                )
+                                .await;
+                            }
+                        }
                     }
                 }
             }
             watcher::Event::Delete(pod) => {
-                stop(&launchers, pod.metadata.uid.as_deref().unwrap_or_default()).await;
+                let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+                stop(&client, &cfg.node, &launchers, uid).await;
             }
             watcher::Event::Init => seen.clear(),
             watcher::Event::InitDone => {
@@ -227,7 +249,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     .cloned()
                     .collect();
                 for uid in gone {
-                    stop(&launchers, &uid).await;
+                    stop(&client, &cfg.node, &launchers, &uid).await;
                 }
                 collect_sandboxes(&net, &launchers).await;
             }
@@ -236,14 +258,49 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// The VMI a launcher pod is for (its annotation and label), without a resourceVersion.
+fn vmi_of_pod(pod: &Pod) -> Option<Involved> {
+    Some(Involved {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod
+            .metadata
+            .annotations
+            .as_ref()?
+            .get("kubevirt.io/domain")?
+            .clone(),
+        uid: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubevirt.io/created-by"))
+            .cloned(),
+        resource_version: None,
+    })
+}
+
+/// `known` with the VMI's current resourceVersion when it still is that VMI.
+async fn current(client: &kube::Client, known: &Involved) -> Involved {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &known.namespace);
+    match vmis.get_opt(&known.name).await {
+        Ok(Some(v)) if v.metadata.uid == known.uid => Involved::from(&v),
+        _ => known.clone(),
+    }
+}
+
 /// Asks a launcher to shut its VM down gracefully (the launcher kills it after the grace period).
-async fn stop(launchers: &Launchers, uid: &str) {
+async fn stop(client: &kube::Client, node: &str, launchers: &Launchers, uid: &str) {
     let found = launchers
         .lock()
         .await
         .get(uid)
-        .map(|l| (l.vm_dir.clone(), l.pid));
-    let Some((dir, pid)) = found else { return };
+        .map(|l| (l.vm_dir.clone(), l.pid, l.vmi.clone(), l.shutdown_signaled));
+    let Some((dir, pid, vmi, signaled)) = found else {
+        return;
+    };
     let asked = call(
         &dir.join("launcher.sock"),
         Request::Shutdown {
@@ -251,6 +308,18 @@ async fn stop(launchers: &Launchers, uid: &str) {
         },
     )
     .await;
+    if asked.is_ok() && !signaled {
+        if let Some(l) = launchers.lock().await.get_mut(uid) {
+            l.shutdown_signaled = true;
+        }
+        record(
+            client,
+            node,
+            &current(client, &vmi).await,
+            VmiEvent::ShuttingDown,
+        )
+        .await;
+    }
     // Still starting (no socket yet): SIGTERM, which the launcher turns into a clean stop.
     if asked.is_err()
         && let Some(pid) = pid.and_then(|p| i32::try_from(p).ok())
@@ -315,9 +384,16 @@ async fn start(
             }),
             None => None,
         };
+        let involved = Involved {
+            namespace: ns.clone(),
+            name: vmi.clone(),
+            uid: Some(vmi_uid.clone()),
+            resource_version: None,
+        };
         let monitor = tokio::spawn(monitor(
             client.clone(),
             Watched {
+                node: cfg.node.clone(),
                 ns,
                 vmi_name: vmi,
                 vmi_uid,
@@ -336,6 +412,8 @@ async fn start(
         return Ok(Launcher {
             vm_dir,
             pid: None,
+            vmi: involved,
+            shutdown_signaled: false,
             _monitor: monitor,
         });
     }
@@ -429,9 +507,22 @@ async fn start(
             }})),
         )
         .await;
+    // KubeVirt's virt-handler says so once it has defined the domain; ours once the launcher runs.
+    let involved = current(
+        client,
+        &Involved {
+            namespace: ns.clone(),
+            name: vmi.clone(),
+            uid: Some(vmi_uid.clone()),
+            resource_version: None,
+        },
+    )
+    .await;
+    record(client, &cfg.node, &involved, VmiEvent::Created).await;
     let monitor = tokio::spawn(monitor(
         client.clone(),
         Watched {
+            node: cfg.node.clone(),
             ns,
             vmi_name: vmi,
             vmi_uid,
@@ -450,6 +541,8 @@ async fn start(
     Ok(Launcher {
         vm_dir,
         pid,
+        vmi: involved,
+        shutdown_signaled: false,
         _monitor: monitor,
     })
 }
@@ -478,6 +571,8 @@ fn adopted_outcome(vm_dir: &std::path::Path) -> bool {
 
 /// The launcher pod a monitor follows.
 struct Watched {
+    /// This node (events name it).
+    node: String,
     ns: String,
     vmi_name: String,
     vmi_uid: String,
@@ -542,6 +637,7 @@ async fn monitor(
     launchers: Launchers,
 ) {
     let Watched {
+        node,
         ns,
         vmi_name,
         vmi_uid,
@@ -551,7 +647,7 @@ async fn monitor(
     } = w;
     let pod_ip = sandbox.sandbox.as_ref().map(|s| s.ip);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let socket = vm_dir.join("launcher.sock");
     let mut silent = 0;
     let ok = loop {
@@ -634,9 +730,25 @@ async fn monitor(
             }
             patch["status"]["phaseTransitionTimestamps"] = transitions;
         }
-        let _ = vmis
+        let Ok(patched) = vmis
             .patch(&vmi_name, &PatchParams::default(), &Patch::Merge(patch))
-            .await;
+            .await
+        else {
+            continue;
+        };
+        let was_paused = cond("Paused").unwrap_or(false);
+        let happened = if cur_phase != "Running" && phase == "Running" {
+            Some(VmiEvent::Started)
+        } else if paused && !was_paused {
+            Some(VmiEvent::Paused)
+        } else if !paused && was_paused {
+            Some(VmiEvent::Resumed)
+        } else {
+            None
+        };
+        if let Some(what) = happened {
+            record(&client, &node, &Involved::from(&patched), what).await;
+        }
     };
     let phase = if ok { "Succeeded" } else { "Failed" };
     let reason = if ok {
@@ -650,8 +762,15 @@ async fn monitor(
         .get(&vmi_name)
         .await
         .is_ok_and(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
-    if ours {
-        let _ = vmis
+    // The event names the VMI as it ended (a VMI deleted meanwhile by uid only).
+    let mut ended = Involved {
+        namespace: ns.clone(),
+        name: vmi_name.clone(),
+        uid: Some(vmi_uid.clone()),
+        resource_version: None,
+    };
+    if ours
+        && let Ok(v) = vmis
             .patch(
                 &vmi_name,
                 &PatchParams::default(),
@@ -659,8 +778,16 @@ async fn monitor(
                     json!({"status": {"phase": phase, "reason": reason, "conditions": not_ready}}),
                 ),
             )
-            .await;
+            .await
+    {
+        ended = Involved::from(&v);
     }
+    let what = if ok {
+        VmiEvent::Stopped
+    } else {
+        VmiEvent::Crashed
+    };
+    record(&client, &node, &ended, what).await;
     let _ = pods
         .patch_status(
             &pod_name,
