@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::plane::{Plane, serial_log, until};
 use common::*;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
@@ -80,6 +80,43 @@ fn demo_vm(guest: &Path, name: &str, run_strategy: &str) -> VirtualMachine {
             ]}}}
     }))
     .unwrap()
+}
+
+/// The node agent's events on the VMI with `uid`: (reason, message), oldest first.
+async fn handler_events(client: &kube::Client, uid: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let mut list: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .filter(|e| e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("virt-handler"))
+        .collect();
+    list.sort_by_key(|e| {
+        e.metadata
+            .resource_version
+            .as_ref()
+            .and_then(|r| r.parse::<u64>().ok())
+    });
+    for e in &list {
+        assert_eq!(
+            e.involved_object.kind.as_deref(),
+            Some("VirtualMachineInstance")
+        );
+        assert_eq!(
+            e.source.as_ref().and_then(|s| s.host.as_deref()),
+            Some("kuvirt-test")
+        );
+    }
+    list.into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+fn has(events: &[(String, String)], reason: &str) -> usize {
+    events.iter().filter(|(r, _)| r == reason).count()
 }
 
 fn halt() -> Patch<serde_json::Value> {
@@ -193,6 +230,26 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             "{log}"
         );
     }
+    // The node agent recorded the start on the VMI, as virt-handler does.
+    let events = handler_events(&client, &seen["testvm"].vmi_uid).await;
+    assert_eq!(has(&events, "Created"), 1, "{events:?}");
+    assert!(
+        events.contains(&("Started".into(), "VirtualMachineInstance started.".into())),
+        "{events:?}"
+    );
+    let all: Api<Event> = Api::namespaced(client.clone(), "default");
+    let started = all
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| {
+            e.reason.as_deref() == Some("Started")
+                && e.involved_object.uid.as_deref() == Some(seen["testvm"].vmi_uid.as_str())
+        })
+        .unwrap();
+    assert!(started.involved_object.resource_version.is_some());
     for name in NAMES {
         until(
             &format!("{name} Running and Ready"),
@@ -266,6 +323,13 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             netns_exists(&seen[name].netns),
             "{name}'s sandbox was removed"
         );
+        // Adopted, not started: no second Created or Started.
+        let events = handler_events(&client, &seen[name].vmi_uid).await;
+        assert_eq!(
+            (has(&events, "Created"), has(&events, "Started")),
+            (1, 1),
+            "{name}: {events:?}"
+        );
     }
 
     // Two guests go (Halted: ACPI through their launchers); the third powers itself off and
@@ -302,6 +366,14 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
         (count(&console(state, "testvm"), "kuvirt-guest: ready") >= 2).then_some(())
     })
     .await;
+    let events = handler_events(&client, &first_uid).await;
+    assert!(
+        events.contains(&(
+            "Stopped".into(),
+            "The VirtualMachineInstance was shut down.".into()
+        )),
+        "{events:?}"
+    );
 
     vms.patch("testvm", &PatchParams::default(), &halt())
         .await
@@ -313,6 +385,20 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             async || vmis.get_opt(name).await.ok()?.is_none().then_some(()),
         )
         .await;
+    }
+    // Halted: the agent signalled the shutdown and saw the guest go.
+    for name in &NAMES[1..] {
+        let events = until(
+            &format!("{name}'s Stopped event"),
+            Duration::from_secs(30),
+            async || {
+                let events = handler_events(&client, &seen[*name].vmi_uid).await;
+                (has(&events, "Stopped") == 1).then_some(events)
+            },
+        )
+        .await;
+        assert_eq!(has(&events, "ShuttingDown"), 1, "{events:?}");
+        assert!(events.contains(&("ShuttingDown".into(), "Signaled Graceful Shutdown".into())));
     }
     until(
         "the guests' poweroff",
