@@ -332,6 +332,25 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
         );
     }
 
+    // Pause and unpause through the API: the agent sees it and records both.
+    for (verb, reason) in [("pause", "Paused"), ("unpause", "Resumed")] {
+        let out = plane.kuvirt(&[verb, "vmi", "vm-b"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        until(
+            &format!("a {reason} event"),
+            Duration::from_secs(30),
+            async || {
+                let events = handler_events(&client, &seen["vm-b"].vmi_uid).await;
+                (has(&events, reason) == 1).then_some(())
+            },
+        )
+        .await;
+    }
+
     // Two guests go (Halted: ACPI through their launchers); the third powers itself off and
     // runStrategy Always starts a new VMI for it.
     for name in &NAMES[1..] {
