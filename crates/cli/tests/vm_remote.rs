@@ -240,6 +240,20 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
         (s.phase?.as_str() == "Running").then_some(())
     })
     .await;
+    // kubectl shows where it runs and its address (the pod's, from the node's pod CIDR).
+    let out = Command::new("kubectl")
+        .args(["get", "vmi", "remote", "--no-headers"])
+        .env("KUBECONFIG", plane.kubeconfig())
+        .output()
+        .unwrap();
+    let row = String::from_utf8_lossy(&out.stdout).to_string();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols.get(2), Some(&"Running"), "{row}");
+    assert!(
+        cols.get(3).is_some_and(|ip| ip.starts_with("10.244.")),
+        "{row}"
+    );
+    assert_eq!(cols.get(4).copied(), Some(plane.node.as_str()), "{row}");
     until(
         "the console attached",
         Duration::from_secs(60),
@@ -402,7 +416,53 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
         "{}",
         console.text()
     );
-    until("QEMU gone", Duration::from_secs(60), async || {
+    until("the VMI gone", Duration::from_secs(60), async || {
+        vmis.get_opt("remote").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    until("VM Stopped", Duration::from_secs(30), async || {
+        let s = vms.get("remote").await.ok()?.status?;
+        (s.printable_status?.as_str() == "Stopped").then_some(())
+    })
+    .await;
+
+    // start: a new VMI boots; restart: another one replaces it.
+    let boots = |l: &str| l.matches("kuvirt-guest: booted").count();
+    let before = boots(&log());
+    let out = plane.kuvirt(&["start", "remote"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = until("a new VMI running", Duration::from_secs(120), async || {
+        let v = vmis.get_opt("remote").await.ok()??;
+        (v.status?.phase?.as_str() == "Running").then_some(v.metadata.uid?)
+    })
+    .await;
+    until(
+        "the new guest booted",
+        Duration::from_secs(120),
+        async || (boots(&log()) > before).then_some(()),
+    )
+    .await;
+    let out = plane.kuvirt(&["restart", "remote"]);
+    assert!(out.status.success(), "{}", text(&out));
+    until(
+        "a VMI with a new UID running",
+        Duration::from_secs(120),
+        async || {
+            let v = vmis.get_opt("remote").await.ok()??;
+            let uid = v.metadata.uid?;
+            (uid != first && v.status?.phase?.as_str() == "Running").then_some(())
+        },
+    )
+    .await;
+    until(
+        "the restarted guest booted",
+        Duration::from_secs(120),
+        async || (boots(&log()) > before + 1).then_some(()),
+    )
+    .await;
+    let out = plane.kuvirt(&["stop", "remote"]);
+    assert!(out.status.success(), "{}", text(&out));
+    until("QEMU gone", Duration::from_secs(90), async || {
         qemu_under(state).is_empty().then_some(())
     })
     .await;
