@@ -30,6 +30,11 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+    /// `GET virtualmachines/NAME/expand-spec`: the VM with its instance type and preference
+    /// applied.
+    ExpandSpec,
+    /// `PUT namespaces/NS/expand-vm-spec` with a VM body: the same for a VM not stored.
+    ExpandVmSpec,
 }
 
 impl Verb {
@@ -38,6 +43,8 @@ impl Verb {
             Verb::Start => "start",
             Verb::Stop => "stop",
             Verb::Restart => "restart",
+            Verb::ExpandSpec => "expand-spec",
+            Verb::ExpandVmSpec => "expand-vm-spec",
         }
     }
 }
@@ -54,6 +61,13 @@ pub struct Call {
 /// routing, which answers 404 for the rest of this group).
 pub fn route(path: &str) -> Option<Call> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let ["apis", GROUP, VERSION, "namespaces", ns, "expand-vm-spec"] = segs.as_slice() {
+        return (!ns.is_empty()).then(|| Call {
+            namespace: (*ns).into(),
+            name: String::new(),
+            verb: Verb::ExpandVmSpec,
+        });
+    }
     let [
         "apis",
         GROUP,
@@ -71,6 +85,7 @@ pub fn route(path: &str) -> Option<Call> {
         "start" => Verb::Start,
         "stop" => Verb::Stop,
         "restart" => Verb::Restart,
+        "expand-spec" => Verb::ExpandSpec,
         _ => return None,
     };
     (!ns.is_empty() && !name.is_empty()).then(|| Call {
@@ -94,6 +109,10 @@ pub fn resource_list() -> Value {
     let resources: Vec<Value> = [Verb::Start, Verb::Stop, Verb::Restart]
         .iter()
         .map(|v| entry(format!("virtualmachines/{}", v.name()), "update"))
+        .chain([
+            entry("virtualmachines/expand-spec".into(), "get"),
+            entry("expand-vm-spec".into(), "update"),
+        ])
         .chain(crate::nodeproxy::VmiVerb::ALL.iter().map(|v| {
             entry(
                 format!("virtualmachineinstances/{}", v.path()),
@@ -159,21 +178,101 @@ pub async fn serve(
         Method::DELETE => "delete",
         _ => "unknown",
     };
-    if user.role != Role::Admin {
+    let expanding = matches!(call.verb, Verb::ExpandSpec | Verb::ExpandVmSpec);
+    // Expanding reads only: who may read VMs may expand them.
+    let allowed = match user.role {
+        Role::Admin => true,
+        Role::ReadOnly => expanding,
+        Role::Node => false,
+    };
+    if !allowed {
         return Err(forbidden(user, verb, call));
     }
-    if *method != Method::PUT {
+    let wanted = if call.verb == Verb::ExpandSpec {
+        Method::GET
+    } else {
+        Method::PUT
+    };
+    if *method != wanted {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method}"
         )));
+    }
+    if expanding {
+        let vm = if call.verb == Verb::ExpandSpec {
+            fetch_vm(store, call).await?.1
+        } else {
+            vm_body(body, &call.namespace)?
+        };
+        let vm = expand(vm)?;
+        return Ok((
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            vm.to_string(),
+        )
+            .into_response());
     }
     let opts = options(body)?;
     match call.verb {
         Verb::Start => start(store, call, &opts).await?,
         Verb::Stop => stop(store, call, &opts).await?,
         Verb::Restart => restart(store, call, &opts).await?,
+        Verb::ExpandSpec | Verb::ExpandVmSpec => {}
     }
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The VM in an `expand-vm-spec` body: JSON or YAML, in the request's namespace (virt-api's
+/// checks and messages).
+fn vm_body(body: &[u8], namespace: &str) -> Result<Value, ApiError> {
+    let vm: Value = serde_json::from_slice(body)
+        .or_else(|_| serde_saphyr::from_slice(body))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "Can not unmarshal Request body to struct, error: {e}"
+            ))
+        })?;
+    if vm.get("kind").and_then(Value::as_str) != Some("VirtualMachine") {
+        return Err(ApiError::bad_request(
+            "Object is not a valid VirtualMachine".to_string(),
+        ));
+    }
+    match vm.pointer("/metadata/namespace").and_then(Value::as_str) {
+        None | Some("") => Ok(vm),
+        Some(ns) if ns == namespace => Ok(vm),
+        Some(ns) => Err(ApiError::bad_request(format!(
+            "VM namespace must be empty or {namespace}, got {ns}"
+        ))),
+    }
+}
+
+/// The VM with its instance type and preference applied. This server serves no instance types
+/// yet, so a VM naming one cannot be expanded (said so, not ignored); any other VM is already
+/// its own expansion.
+fn expand(vm: Value) -> Result<Value, ApiError> {
+    for field in ["instancetype", "preference"] {
+        if let Some(r) = vm
+            .pointer(&format!("/spec/{field}"))
+            .filter(|v| !v.is_null())
+        {
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            return Err(ApiError {
+                details: Some(Box::new(json!({
+                    "causes": [{"type": "FieldValueNotSupported",
+                                "field": format!("spec.{field}"),
+                                "message": format!("{field} {name:?} cannot be expanded: this server does not serve instance types yet")}]
+                }))),
+                ..ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "spec.{field}: {field} {name:?} cannot be expanded: this server does not serve instance types yet"
+                    ),
+                )
+            });
+        }
+    }
+    Ok(vm)
 }
 
 fn forbidden(user: &Token, verb: &str, call: &Call) -> ApiError {

@@ -260,3 +260,47 @@ fn errors_authorization_and_discovery() {
     let kv = s.get("/apis/kubevirt.io/v1");
     assert!(!kv.to_string().contains("virtualmachines/start"));
 }
+
+#[test]
+fn expand_spec_returns_the_vm_or_says_why_not() {
+    let s = Server::start();
+    s.create_vm("testvm", "Halted");
+    // Readers may expand: it changes nothing.
+    let (code, body) = s.call(
+        Role::ReadOnly,
+        "GET",
+        &format!("{SUB}/testvm/expand-spec"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let vm: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(vm["metadata"]["name"], "testvm");
+    assert_eq!(vm["spec"]["runStrategy"], "Halted");
+    let (code, _) = s.call(Role::Admin, "GET", &format!("{SUB}/nope/expand-spec"), None);
+    assert_eq!(code, 404);
+
+    let expand = "/apis/subresources.kubevirt.io/v1/namespaces/default/expand-vm-spec";
+    let vm = r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachine","metadata":{"name":"x"},"spec":{"template":{"spec":{}}}}"#;
+    let (code, body) = s.call(Role::Admin, "PUT", expand, Some(vm));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["metadata"]["name"],
+        "x"
+    );
+    let other = vm.replace(r#""name":"x""#, r#""name":"x","namespace":"other""#);
+    let (code, body) = s.call(Role::Admin, "PUT", expand, Some(&other));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("VM namespace must be empty or default"),
+        "{body}"
+    );
+    let (code, body) = s.call(Role::Admin, "PUT", expand, Some(r#"{"kind":"Pod"}"#));
+    assert_eq!(code, 400, "{body}");
+    let typed = vm.replace(
+        r#""spec":{"template""#,
+        r#""spec":{"instancetype":{"name":"u1.small"},"template""#,
+    );
+    let (code, body) = s.call(Role::Admin, "PUT", expand, Some(&typed));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.instancetype"), "{body}");
+}
