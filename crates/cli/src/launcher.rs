@@ -43,6 +43,10 @@ pub struct LauncherArgs {
     /// A cgroup directory to join before anything else (one per hierarchy; QEMU inherits it).
     #[arg(long = "cgroup", value_name = "DIR")]
     cgroups: Vec<PathBuf>,
+    /// The node agent pulled this VM's images already: use the node's image cache only (a
+    /// launcher in its pod sandbox has no business talking to registries).
+    #[arg(long)]
+    images_pulled: bool,
 }
 
 /// Moves this process into each cgroup directory (QEMU, started later, inherits them).
@@ -99,7 +103,12 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
     let opts = SessionOptions {
         vm_dir: vm_dir.clone(),
         store: ImageStore::open(&state.join("images"))?,
-        pull: PullOptions::default(),
+        pull: PullOptions {
+            policy: args
+                .images_pulled
+                .then_some(kuvirt_images::oci::PullPolicy::Never),
+            ..PullOptions::default()
+        },
         qemu_binary: args.qemu,
         accel,
         ovmf_dir: args.ovmf_dir,

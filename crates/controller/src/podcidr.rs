@@ -144,8 +144,13 @@ pub async fn run(client: kube::Client, cluster: ClusterCidr) {
             }
             _ = tick.tick() => {}
         }
-        if let Err(e) = allocate(&nodes, cluster).await {
-            tracing::warn!(error = %e, "pod cidr allocation");
+        match allocate(&nodes, cluster).await {
+            Ok(()) => {}
+            // A node written meanwhile (its heartbeat, say): the next event or tick retries.
+            Err(crate::Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                tracing::debug!(error = %e.message, "pod cidr allocation raced a node update");
+            }
+            Err(e) => tracing::warn!(error = %e, "pod cidr allocation"),
         }
     }
 }

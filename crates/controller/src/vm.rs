@@ -206,6 +206,41 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
             });
         }
     }
+    // Why the last start failed (the VMI goes away when the VM starts over): a Failure
+    // condition, as KubeVirt keeps, kept while start failures count.
+    let failed_start = vmi.and_then(|v| {
+        let s = v.status.as_ref()?;
+        (phase(v) == Some(&VirtualMachineInstancePhase::Failed) && !ever_ran(v)).then(|| {
+            let message = s
+                .conditions
+                .iter()
+                .find(|c| c.type_.as_str() == "Ready")
+                .and_then(|c| c.message.clone());
+            (
+                s.reason.clone().unwrap_or_else(|| "VMIFailed".into()),
+                message,
+            )
+        })
+    });
+    let failure_condition = match (&failed_start, &failure) {
+        (Some((reason, message)), _) => Some(VirtualMachineCondition {
+            type_: VirtualMachineConditionType::Failure,
+            status: "True".into(),
+            reason: Some(reason.clone()),
+            message: message.clone(),
+            last_transition_time: Some(Time(now)),
+            ..Default::default()
+        }),
+        (None, Some(_)) => old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == VirtualMachineConditionType::Failure)
+            .cloned(),
+        (None, None) => None,
+    };
+    let image_pull_failed = failure_condition
+        .as_ref()
+        .is_some_and(|c| c.reason.as_deref() == Some("ErrImagePull"));
     let waiting = failure
         .as_ref()
         .and_then(|f| f.retry_after_timestamp.as_ref())
@@ -231,8 +266,15 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
         vmi.is_some_and(|v| vmi_condition(v, &VirtualMachineInstanceConditionType::Paused));
     status.printable_status = Some(if deleting_vm {
         VirtualMachinePrintableStatus::Terminating
+    } else if backing_off && image_pull_failed {
+        VirtualMachinePrintableStatus::ImagePullBackOff
     } else if backing_off {
         VirtualMachinePrintableStatus::CrashLoopBackOff
+    } else if failed_start
+        .as_ref()
+        .is_some_and(|(reason, _)| reason == "ErrImagePull")
+    {
+        VirtualMachinePrintableStatus::ErrImagePull
     } else if matches!(action, VmiAction::Stop { .. }) || vmi_deleting {
         VirtualMachinePrintableStatus::Stopping
     } else {
@@ -254,6 +296,21 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
         }
     });
     status.conditions = conditions(&old.conditions, ready, paused);
+    status
+        .conditions
+        .retain(|c| c.type_ != VirtualMachineConditionType::Failure);
+    if let Some(c) = failure_condition {
+        // The transition time stays that of the first failure in a row.
+        let since = old
+            .conditions
+            .iter()
+            .find(|o| o.type_ == VirtualMachineConditionType::Failure && o.reason == c.reason)
+            .and_then(|o| o.last_transition_time.clone());
+        status.conditions.push(VirtualMachineCondition {
+            last_transition_time: since.or(c.last_transition_time.clone()),
+            ..c
+        });
+    }
     Plan {
         action,
         run_strategy,
@@ -592,6 +649,39 @@ mod tests {
         next.spec.run_strategy = Some(RunStrategy::Always);
         let p = plan(&next, None);
         assert_eq!((p.action, p.start_paused), (VmiAction::Start, true));
+    }
+
+    #[test]
+    fn image_pull_failures_show_and_back_off() {
+        let now = Timestamp::now();
+        let mut failed = vmi(VirtualMachineInstancePhase::Failed, false);
+        failed.status.as_mut().unwrap().reason = Some("ErrImagePull".into());
+        let p = plan_at(&vm("Always"), Some(&failed), now);
+        assert_eq!(
+            p.status.printable_status,
+            Some(VirtualMachinePrintableStatus::ErrImagePull)
+        );
+        let cond = |s: &VirtualMachineStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == VirtualMachineConditionType::Failure)
+                .and_then(|c| c.reason.clone())
+        };
+        assert_eq!(cond(&p.status).as_deref(), Some("ErrImagePull"));
+        // The VMI is gone while the VM waits: the condition remembers why.
+        let mut after = vm("Always");
+        after.status = Some(p.status.clone());
+        let waiting = plan_at(&after, None, now);
+        assert_eq!(
+            waiting.status.printable_status,
+            Some(VirtualMachinePrintableStatus::ImagePullBackOff)
+        );
+        assert_eq!(cond(&waiting.status).as_deref(), Some("ErrImagePull"));
+        // A guest that ran clears it.
+        let mut ran = vmi(VirtualMachineInstancePhase::Running, true);
+        ran.status.as_mut().unwrap().phase_transition_timestamps =
+            vec![serde_json::from_value(json!({"phase": "Running"})).unwrap()];
+        assert_eq!(cond(&plan_at(&after, Some(&ran), now).status), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! runs the launcher pods placed on it, reporting their VMIs' state.
 
 pub mod endpoint;
+pub mod images;
 pub mod join;
 pub mod node;
 pub mod pods;

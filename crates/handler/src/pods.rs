@@ -422,6 +422,14 @@ async fn start(
     let log = std::fs::File::create(vm_dir.join("launcher.log"))
         .map_err(|e| Error::Pod(format!("{}: {e}", vm_dir.display())))?;
     let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
+    // The kubelet's part: the VM's images are pulled here, in the node's network, before the
+    // launcher starts in its sandbox (where it only reads the node's image cache).
+    if let Err(why) = pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
+        use std::io::Write as _;
+        let _ = writeln!(&log, "error: {why}");
+        fail_before_start(client, &ns, &pod_name, &vmi, &vmi_uid, "ErrImagePull", &why).await;
+        return Err(Error::Pod(format!("{ns}/{vmi}: {why}")));
+    }
     let limits = Limits::from_pod(pod);
     let sb = blocking({
         let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
@@ -465,6 +473,7 @@ async fn start(
         .arg(&vm_dir)
         .arg("--state-dir")
         .arg(&cfg.state_dir)
+        .arg("--images-pulled")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -545,6 +554,71 @@ async fn start(
         shutdown_signaled: false,
         _monitor: monitor,
     })
+}
+
+/// Pulls the images of the VMI this pod runs (its current object, if it is still the same one).
+async fn pull_images(
+    client: &kube::Client,
+    cfg: &RunnerConfig,
+    ns: &str,
+    vmi: &str,
+    vmi_uid: &str,
+) -> Result<(), String> {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    let v = vmis
+        .get(vmi)
+        .await
+        .map_err(|e| format!("reading the VMI: {e}"))?;
+    if v.metadata.uid.as_deref() != Some(vmi_uid) {
+        return Err("the VMI was replaced".into());
+    }
+    crate::images::pull(client, &cfg.state_dir, &v).await
+}
+
+/// A pod that never got to start its launcher: the pod and its VMI fail with `reason` (the VM
+/// controller's start-failure backoff decides when to try again).
+async fn fail_before_start(
+    client: &kube::Client,
+    ns: &str,
+    pod_name: &str,
+    vmi: &str,
+    vmi_uid: &str,
+    reason: &str,
+    message: &str,
+) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = kuvirt_apimachinery::meta::now();
+    let _ = pods
+        .patch_status(
+            pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Failed", "reason": reason, "message": message,
+                "containerStatuses": [{"name": "compute", "ready": false, "restartCount": 0,
+                                       "image": "kuvirt", "imageID": "",
+                                       "state": {"terminated": {"exitCode": 1, "reason": reason,
+                                                                 "message": message,
+                                                                 "finishedAt": now}}}],
+            }})),
+        )
+        .await;
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    if vmis
+        .get(vmi)
+        .await
+        .is_ok_and(|v| v.metadata.uid.as_deref() == Some(vmi_uid))
+    {
+        let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null,
+                                "lastTransitionTime": now, "reason": reason, "message": message}]);
+        let _ = vmis
+            .patch(
+                vmi,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Failed", "reason": reason,
+                                                "conditions": not_ready}})),
+            )
+            .await;
+    }
 }
 
 /// The directory of one VMI's launcher: one per VMI (not per name), so a restarted VM's new VMI

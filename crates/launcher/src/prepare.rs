@@ -28,6 +28,48 @@ pub struct PrepareOptions {
     pub ovmf_dir: PathBuf,
 }
 
+/// An image a VMI needs: its field path, reference, pull policy and pull secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageNeed {
+    pub field: String,
+    pub image: String,
+    /// `imagePullPolicy` as written (Always, IfNotPresent, Never), if any.
+    pub pull_policy: Option<String>,
+    pub pull_secret: Option<String>,
+}
+
+/// Every image a VMI's disks and kernel boot come from (what a kubelet pulls before it starts
+/// the launcher pod).
+pub fn images(vmi: &VirtualMachineInstance) -> Vec<ImageNeed> {
+    let mut out = Vec::new();
+    for (i, vol) in vmi.spec.volumes.iter().enumerate() {
+        if let Some(VolumeSourceRef::ContainerDisk(cd)) = vol.source() {
+            out.push(ImageNeed {
+                field: format!("spec.volumes[{i}].containerDisk.image"),
+                image: cd.image.clone(),
+                pull_policy: cd.image_pull_policy.clone(),
+                pull_secret: cd.image_pull_secret.clone(),
+            });
+        }
+    }
+    if let Some(c) = vmi
+        .spec
+        .domain
+        .firmware
+        .as_ref()
+        .and_then(|f| f.kernel_boot.as_ref())
+        .and_then(|kb| kb.container.as_ref())
+    {
+        out.push(ImageNeed {
+            field: "spec.domain.firmware.kernelBoot.container.image".into(),
+            image: c.image.clone(),
+            pull_policy: c.image_pull_policy.clone(),
+            pull_secret: c.image_pull_secret.clone(),
+        });
+    }
+    out
+}
+
 /// A volume that could not be prepared; `field` is its path in the VMI.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
