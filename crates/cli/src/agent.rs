@@ -27,6 +27,9 @@ pub struct NodeFlags {
     /// route to the API server, or of the default route).
     #[arg(long)]
     pub node_ip: Option<std::net::IpAddr>,
+    /// Seconds between the Node's heartbeats (tests shorten it with the heartbeat timeout).
+    #[arg(long, default_value = "10", hide = true)]
+    pub node_heartbeat_interval: u64,
 }
 
 /// `kuvirt agent`
@@ -73,6 +76,7 @@ pub fn agent_config(
         node_ip: node
             .node_ip
             .unwrap_or_else(|| kuvirt_handler::node::node_ip(server_ip)),
+        heartbeat: std::time::Duration::from_secs(node.node_heartbeat_interval.max(1)),
     })
 }
 

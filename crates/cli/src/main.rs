@@ -326,6 +326,13 @@ async fn server(
     watch_history: u64,
     node: NodeArgs,
 ) -> Result<i32> {
+    if !node.no_node_agent && node.flags.node_heartbeat_interval >= node.node_heartbeat_timeout {
+        anyhow::bail!(
+            "--node-heartbeat-interval ({} s) must be shorter than --node-heartbeat-timeout ({} s)",
+            node.flags.node_heartbeat_interval,
+            node.node_heartbeat_timeout
+        );
+    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub ca_pem: String,
     /// The address the API server reaches this node at (its InternalIP).
     pub node_ip: std::net::IpAddr,
+    /// How often the Node's Ready heartbeat is written ([`node::HEARTBEAT`] by default; must be
+    /// well under the node controller's timeout).
+    pub heartbeat: Duration,
 }
 
 /// Starts the endpoint, registers the node, then heartbeats and runs its pods until the task is
@@ -53,7 +56,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
     node::register(&client, &me).await?;
     let hb_client = client.clone();
     let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(node::HEARTBEAT);
+        let mut tick = tokio::time::interval(cfg.heartbeat.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
