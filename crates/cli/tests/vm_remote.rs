@@ -254,6 +254,13 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
         "{row}"
     );
     assert_eq!(cols.get(4).copied(), Some(plane.node.as_str()), "{row}");
+    let finalizers = vmis.get("remote").await.unwrap().metadata.finalizers;
+    assert!(
+        finalizers
+            .unwrap_or_default()
+            .contains(&"foregroundDeleteVirtualMachine".to_string()),
+        "no VMI finalizer"
+    );
     until(
         "the console attached",
         Duration::from_secs(60),
@@ -416,10 +423,12 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
         "{}",
         console.text()
     );
+    // Its finalizer keeps the VMI until the VM is down: gone means QEMU is gone.
     until("the VMI gone", Duration::from_secs(60), async || {
         vmis.get_opt("remote").await.ok()?.is_none().then_some(())
     })
     .await;
+    assert!(qemu_under(state).is_empty(), "the VMI went before its VM");
     until("VM Stopped", Duration::from_secs(30), async || {
         let s = vms.get("remote").await.ok()?.status?;
         (s.printable_status?.as_str() == "Stopped").then_some(())

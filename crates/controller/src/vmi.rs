@@ -29,6 +29,11 @@ pub struct Context {
     pub memory_overcommit: u64,
 }
 
+/// KubeVirt's VMI finalizer: a deleted VMI stays (terminating) until its VM is down — the node
+/// agent shuts the guest down gracefully, then its launcher pod ends — so a new VMI of the same
+/// VM never runs beside the old one (same disks, same name).
+pub const FINALIZER: &str = "foregroundDeleteVirtualMachine";
+
 fn phase(vmi: &VirtualMachineInstance) -> Option<&Phase> {
     vmi.status.as_ref().and_then(|s| s.phase.as_ref())
 }
@@ -74,15 +79,52 @@ pub async fn reconcile(
         .await?
         .items;
     let done = matches!(phase(&vmi), Some(Phase::Succeeded | Phase::Failed));
-    if vmi.metadata.deletion_timestamp.is_some() || done {
-        // The VM is over: its pod goes (the node agent has stopped QEMU by then).
-        for p in &mine {
-            if p.metadata.deletion_timestamp.is_none()
-                && let Some(pn) = &p.metadata.name
-            {
-                let _ = pods.delete(pn, &DeleteParams::default()).await;
-            }
+    let finalizers = vmi.metadata.finalizers.clone().unwrap_or_default();
+    let finalized = finalizers.iter().any(|f| f == FINALIZER);
+    if vmi.metadata.deletion_timestamp.is_some() {
+        // A launcher still running on a node: that node's agent is shutting the guest down
+        // (ACPI, grace period) and ends the pod when QEMU is gone.
+        let running = mine.iter().any(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        });
+        if running {
+            return Ok(Action::requeue(Duration::from_secs(10)));
         }
+        delete_pods(&pods, &mine).await;
+        if finalized {
+            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            vmis.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {
+                    "finalizers": rest,
+                    "resourceVersion": vmi.metadata.resource_version,
+                }})),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if done {
+        // The VM is over: its pod goes (the node agent has stopped QEMU by then).
+        delete_pods(&pods, &mine).await;
+        return Ok(Action::await_change());
+    }
+    if !finalized {
+        let mut with = finalizers.clone();
+        with.push(FINALIZER.to_string());
+        vmis.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {
+                "finalizers": with,
+                "resourceVersion": vmi.metadata.resource_version,
+            }})),
+        )
+        .await?;
+        // The write is an event of its own: decide again from it.
         return Ok(Action::await_change());
     }
     let Some(pod) = mine.first() else {
@@ -216,6 +258,17 @@ pub async fn reconcile(
             Ok(Action::await_change())
         }
         _ => Ok(Action::requeue(Duration::from_secs(30))),
+    }
+}
+
+/// Deletes the pods not already going.
+async fn delete_pods(pods: &Api<Pod>, mine: &[Pod]) {
+    for p in mine {
+        if p.metadata.deletion_timestamp.is_none()
+            && let Some(pn) = &p.metadata.name
+        {
+            let _ = pods.delete(pn, &DeleteParams::default()).await;
+        }
     }
 }
 

@@ -213,7 +213,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     Some("Succeeded" | "Failed")
                 );
                 if pod.metadata.deletion_timestamp.is_some() {
-                    stop(&client, &cfg.node, &launchers, &uid).await;
+                    stop(&client, &cfg.node, &launchers, &uid, None).await;
                 } else if !final_phase && !launchers.lock().await.contains_key(&uid) {
                     match start(&client, &cfg, &net, &pod, launchers.clone()).await {
                         Ok(l) => {
@@ -236,7 +236,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
             }
             watcher::Event::Delete(pod) => {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-                stop(&client, &cfg.node, &launchers, uid).await;
+                stop(&client, &cfg.node, &launchers, uid, None).await;
             }
             watcher::Event::Init => seen.clear(),
             watcher::Event::InitDone => {
@@ -249,7 +249,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     .cloned()
                     .collect();
                 for uid in gone {
-                    stop(&client, &cfg.node, &launchers, &uid).await;
+                    stop(&client, &cfg.node, &launchers, &uid, None).await;
                 }
                 collect_sandboxes(&net, &launchers).await;
             }
@@ -292,19 +292,27 @@ async fn current(client: &kube::Client, known: &Involved) -> Involved {
 }
 
 /// Asks a launcher to shut its VM down gracefully (the launcher kills it after the grace period).
-async fn stop(client: &kube::Client, node: &str, launchers: &Launchers, uid: &str) {
+/// Asks the launcher of pod `uid` to shut its VM down (`grace`: the VMI's current grace period,
+/// else the one the launcher started with). Whether a launcher was there to ask.
+async fn stop(
+    client: &kube::Client,
+    node: &str,
+    launchers: &Launchers,
+    uid: &str,
+    grace: Option<u64>,
+) -> bool {
     let found = launchers
         .lock()
         .await
         .get(uid)
         .map(|l| (l.vm_dir.clone(), l.pid, l.vmi.clone(), l.shutdown_signaled));
     let Some((dir, pid, vmi, signaled)) = found else {
-        return;
+        return false;
     };
     let asked = call(
         &dir.join("launcher.sock"),
         Request::Shutdown {
-            grace_period_seconds: None,
+            grace_period_seconds: grace,
         },
     )
     .await;
@@ -329,6 +337,7 @@ async fn stop(client: &kube::Client, node: &str, launchers: &Launchers, uid: &st
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+    true
 }
 
 async fn start(
@@ -724,6 +733,7 @@ async fn monitor(
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let socket = vm_dir.join("launcher.sock");
     let mut silent = 0;
+    let mut stopping = false;
     let ok = loop {
         if let Some(c) = child.as_mut() {
             tokio::select! {
@@ -732,6 +742,26 @@ async fn monitor(
             }
         } else {
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // This VMI (not a newer one of the same name), read once per round.
+        let current = vmis
+            .get_opt(&vmi_name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
+        // Deleted (its finalizer holds it until the VM is down): shut the guest down with the
+        // VMI's grace period, which a forced stop may have shortened.
+        if !stopping
+            && let Some(v) = current
+                .as_ref()
+                .filter(|v| v.metadata.deletion_timestamp.is_some())
+        {
+            let grace = v
+                .spec
+                .termination_grace_period_seconds
+                .and_then(|g| u64::try_from(g).ok());
+            stopping = stop(&client, &node, &launchers, &uid, grace).await;
         }
         let Ok(Response::Status { state, .. }) = call(&socket, Request::Status).await else {
             // An adopted launcher is not our child: it is gone when its socket stays silent, and
@@ -750,13 +780,9 @@ async fn monitor(
             VmState::Starting | VmState::Exited { .. } => continue,
         };
         // The VMI is ours once the controller has handed it over (Scheduled); write only changes.
-        let Ok(current) = vmis.get(&vmi_name).await else {
+        let Some(current) = current else {
             continue;
         };
-        if current.metadata.uid.as_deref() != Some(vmi_uid.as_str()) {
-            // Another VMI of the same name: not ours to report on.
-            continue;
-        }
         let interfaces = pod_ip
             .map(|ip| pod_interfaces(&current, ip))
             .unwrap_or_default();
