@@ -93,6 +93,7 @@ pub async fn run(
         launcher_image: opts.launcher_image,
         schedule: opts.schedule,
         memory_overcommit: opts.memory_overcommit,
+        placing: tokio::sync::Mutex::new(()),
     });
     let vmi_controller = Controller::new(vmis, watcher::Config::default())
         .owns(pods, watcher::Config::default())

@@ -27,6 +27,9 @@ pub struct Context {
     pub schedule: bool,
     /// Memory overcommit for placement, in percent.
     pub memory_overcommit: u64,
+    /// One placement at a time: each one must see the pods the previous one bound (reconciles
+    /// of different VMIs run concurrently).
+    pub placing: tokio::sync::Mutex<()>,
 }
 
 /// KubeVirt's VMI finalizer: a deleted VMI stays (terminating) until its VM is down — the node
@@ -190,6 +193,7 @@ pub async fn reconcile(
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     match (node, pod_phase.as_str()) {
         (None, _) if ctx.schedule => {
+            let _placing = ctx.placing.lock().await;
             let nodes: Api<Node> = Api::all(ctx.client.clone());
             let nodes = nodes.list(&ListParams::default()).await?.items;
             let all_pods: Api<Pod> = Api::all(ctx.client.clone());
