@@ -484,6 +484,55 @@ async fn a_vm_that_cannot_start_backs_off() {
     assert!(failure.retry_after_timestamp.is_some());
 }
 
+/// A VM its launcher cannot prepare (a hostDisk that is not there): the launcher's error reaches
+/// the VMI (Synchronized=False, as virt-handler reports it) and the VM's Failure condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_error_reaches_the_vm() {
+    let guest = demo_guest();
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let vms: Api<VirtualMachine> = Api::namespaced(plane.client().await, "default");
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "nodisk"},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}},
+                                              {"name": "data", "disk": {"bus": "virtio"}}]},
+                       "resources": {"requests": {"memory": "128Mi"}}},
+            "volumes": [
+                {"name": "root", "containerDisk": {"image": format!("oci:{}", guest.join("oci").display())}},
+                {"name": "data", "hostDisk": {"path": "/nonexistent/kuvirt/data.img", "type": "Disk"}}]}}}
+    }))
+    .unwrap();
+    vms.create(&PostParams::default(), &vm).await.unwrap();
+    let message = until(
+        "the VM's Failure condition",
+        Duration::from_secs(90),
+        async || {
+            let s = vms.get("nodisk").await.ok()?.status?;
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_.as_str() == "Failure")?
+                .message
+        },
+    )
+    .await;
+    assert!(
+        message.contains("spec.volumes[1]") && message.contains("/nonexistent/kuvirt/data.img"),
+        "{message}"
+    );
+    vms.patch(
+        "nodisk",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await
+    .unwrap();
+    until("QEMU gone", Duration::from_secs(60), async || {
+        qemu_under(plane.state.path()).is_empty().then_some(())
+    })
+    .await;
+}
+
 /// RerunOnFailure: QEMU killed → the VM runs again (a new VMI); the guest powering itself off →
 /// the VM stays down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,6 +233,7 @@ pub async fn reconcile(
         (Some(n), "Running")
             if matches!(phase(&vmi), None | Some(Phase::Pending | Phase::Scheduling)) =>
         {
+            let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
             set_status(
                 &vmis,
                 &name,
@@ -240,6 +241,9 @@ pub async fn reconcile(
                     "phase": "Scheduled",
                     "nodeName": n,
                     "phaseTransitionTimestamps": transition(&vmi, "Scheduled"),
+                    "activePods": { pod_uid: n },
+                    "qosClass": qos_class(pod),
+                    "launcherContainerImageVersion": ctx.launcher_image,
                 }),
             )
             .await?;
@@ -262,6 +266,36 @@ pub async fn reconcile(
             Ok(Action::await_change())
         }
         _ => Ok(Action::requeue(Duration::from_secs(30))),
+    }
+}
+
+/// The pod's QoS class as the kubelet computes it: Guaranteed when every container's requests
+/// equal its cpu and memory limits, BestEffort without any, Burstable otherwise.
+fn qos_class(pod: &Pod) -> &'static str {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in containers {
+        let r = c.resources.as_ref();
+        let requests = r.and_then(|r| r.requests.clone()).unwrap_or_default();
+        let limits = r.and_then(|r| r.limits.clone()).unwrap_or_default();
+        any |= !requests.is_empty() || !limits.is_empty();
+        for res in ["cpu", "memory"] {
+            let limit = limits.get(res);
+            let request = requests.get(res).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -328,4 +362,36 @@ fn conditions(
         );
     }
     json!(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pod(resources: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "spec": {"containers": [{"name": "compute", "resources": resources}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"memory": "1Gi"}}))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"limits": {"memory": "1Gi", "cpu": "1"}}))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(json!({"requests": {"memory": "1Gi", "cpu": "1"},
+                                  "limits": {"memory": "1Gi", "cpu": "2"}}))),
+            "Burstable"
+        );
+    }
 }

@@ -676,6 +676,41 @@ struct PodSandbox {
 /// The VMI's pod-network interfaces as the domain has them: KubeVirt's
 /// `VirtualMachineInstanceNetworkInterface` with the pod IP (the guest still sits behind QEMU's
 /// user-mode network inside the pod, so the pod IP is the one the VM is reached at).
+/// The launcher's last `error:` line (what it printed before it exited), if any.
+fn launcher_error(vm_dir: &std::path::Path) -> Option<String> {
+    let log = std::fs::read_to_string(vm_dir.join("launcher.log")).ok()?;
+    log.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map(|e| e.chars().take(1024).collect())
+}
+
+/// What virt-handler reports of the machine once it runs: its machine type, CPU topology and
+/// memory (from the spec the launcher ran, which has KubeVirt's defaults), the user QEMU runs as.
+fn running_status(vmi: &VirtualMachineInstance) -> serde_json::Value {
+    let d = &vmi.spec.domain;
+    let cpu = d.cpu.as_ref();
+    let memory = d.memory.as_ref().and_then(|m| m.guest.clone()).or_else(|| {
+        d.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("memory").cloned())
+    });
+    let mut v = json!({
+        "machine": {"type": d.machine.as_ref().map_or("q35", |m| m.type_.as_str())},
+        "currentCPUTopology": {
+            "cores": cpu.and_then(|c| c.cores).unwrap_or(1),
+            "sockets": cpu.and_then(|c| c.sockets).unwrap_or(1),
+            "threads": cpu.and_then(|c| c.threads).unwrap_or(1),
+        },
+        "runtimeUser": 107,
+    });
+    if let Some(m) = memory {
+        v["memory"] = json!({"guestAtBoot": m, "guestCurrent": m, "guestRequested": m});
+    }
+    v
+}
+
 fn pod_interfaces(
     vmi: &VirtualMachineInstance,
     ip: Ipv4Addr,
@@ -786,6 +821,7 @@ async fn monitor(
         let interfaces = pod_ip
             .map(|ip| pod_interfaces(&current, ip))
             .unwrap_or_default();
+        let machine = running_status(&current);
         let cur = current.status.unwrap_or_default();
         let cur_phase = cur
             .phase
@@ -822,6 +858,9 @@ async fn monitor(
             patch["status"]["interfaces"] = json!(interfaces);
         }
         if cur_phase != "Running" {
+            if let (Some(p), Some(m)) = (patch["status"].as_object_mut(), machine.as_object()) {
+                p.extend(m.clone());
+            }
             // The VM controller tells a VM that never ran from one that crashed by this entry.
             let mut transitions = serde_json::to_value(&cur.phase_transition_timestamps)
                 .unwrap_or_else(|_| json!([]));
@@ -857,7 +896,21 @@ async fn monitor(
         "the launcher failed"
     };
     tracing::info!(vmi = %vmi_name, namespace = %ns, %phase, %reason, "vm ended");
-    let not_ready = json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": kuvirt_apimachinery::meta::now()}]);
+    let t = kuvirt_apimachinery::meta::now();
+    let not_ready = match (ok, launcher_error(&vm_dir)) {
+        // virt-handler's way to say why a VM could not be run: Synchronized=False with the
+        // error (and the same on Ready, which the VM's Failure condition quotes).
+        (false, Some(why)) => json!([
+            {"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": t,
+             "reason": "LauncherFailed", "message": why},
+            {"type": "Synchronized", "status": "False", "lastProbeTime": null,
+             "lastTransitionTime": t, "reason": "Synchronizing with the Domain failed.",
+             "message": why},
+        ]),
+        _ => {
+            json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": t}])
+        }
+    };
     let ours = vmis
         .get(&vmi_name)
         .await
