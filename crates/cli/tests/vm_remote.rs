@@ -256,7 +256,11 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
     assert_eq!(cols.get(4).copied(), Some(plane.node.as_str()), "{row}");
     // What virt-controller and virt-handler report besides the phase.
     let st = serde_json::to_value(vmis.get("remote").await.unwrap().status).unwrap();
-    assert_eq!(st["activePods"].as_object().map(|m| m.len()), Some(1), "{st}");
+    assert_eq!(
+        st["activePods"].as_object().map(|m| m.len()),
+        Some(1),
+        "{st}"
+    );
     assert_eq!(st["qosClass"], "Burstable", "{st}");
     assert_eq!(st["machine"]["type"], "q35", "{st}");
     assert_eq!(st["currentCPUTopology"]["sockets"], 1, "{st}");
