@@ -107,7 +107,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
     let kubeconfig = probe.runner.state_dir.join("agent.kubeconfig");
     kuvirt_handler::join::write_private(
         &kubeconfig,
-        &kuvirt_handler::join::kubeconfig_text(&args.server, &ca_pem, &token.token),
+        kuvirt_handler::join::kubeconfig_text(&args.server, &ca_pem, &token.token).as_bytes(),
     )?;
     let cfg = agent_config(&args.node, &kubeconfig, &ca_pem, ip)?;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;

@@ -110,74 +110,41 @@ async fn put(client: &ClientArgs, plural: &str, name: &str, verb: &str, body: Va
     Ok(())
 }
 
-/// `kuvirt pause vm|vmi NAME`
-pub async fn pause(target: PauseTarget) -> Result<i32> {
+/// PUTs a VMI subresource and prints virtctl's line: `VMI NAME was scheduled to WHAT`.
+async fn vmi_verb(a: &VmiArgs, verb: &str, what: &str) -> Result<i32> {
     run(async {
-        let a = target.args();
         put(
             &a.client,
             "virtualmachineinstances",
             &a.name,
-            "pause",
+            verb,
             json!({}),
         )
         .await?;
-        println!("VMI {} was scheduled to pause", a.name);
+        println!("VMI {} was scheduled to {what}", a.name);
         Ok(())
     })
     .await
+}
+
+/// `kuvirt pause vm|vmi NAME`
+pub async fn pause(target: PauseTarget) -> Result<i32> {
+    vmi_verb(target.args(), "pause", "pause").await
 }
 
 /// `kuvirt unpause vm|vmi NAME`
 pub async fn unpause(target: PauseTarget) -> Result<i32> {
-    run(async {
-        let a = target.args();
-        put(
-            &a.client,
-            "virtualmachineinstances",
-            &a.name,
-            "unpause",
-            json!({}),
-        )
-        .await?;
-        println!("VMI {} was scheduled to unpause", a.name);
-        Ok(())
-    })
-    .await
+    vmi_verb(target.args(), "unpause", "unpause").await
 }
 
 /// `kuvirt soft-reboot NAME`: the guest is asked (ACPI) to reboot.
 pub async fn soft_reboot(a: VmiArgs) -> Result<i32> {
-    run(async {
-        put(
-            &a.client,
-            "virtualmachineinstances",
-            &a.name,
-            "softreboot",
-            json!({}),
-        )
-        .await?;
-        println!("VMI {} was scheduled to soft reboot", a.name);
-        Ok(())
-    })
-    .await
+    vmi_verb(&a, "softreboot", "soft reboot").await
 }
 
 /// `kuvirt reset NAME`: a hard reset, like pressing the machine's reset button.
 pub async fn reset(a: VmiArgs) -> Result<i32> {
-    run(async {
-        put(
-            &a.client,
-            "virtualmachineinstances",
-            &a.name,
-            "reset",
-            json!({}),
-        )
-        .await?;
-        println!("VMI {} was scheduled to reset", a.name);
-        Ok(())
-    })
-    .await
+    vmi_verb(&a, "reset", "reset").await
 }
 
 /// `kuvirt guestosinfo NAME`: the guest agent's report, as JSON.

@@ -12,11 +12,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::plane::{client_for, serial_log, until};
+use common::plane::{client_for, halt, serial_log, until};
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
 fn ip(args: &[&str]) {
@@ -368,19 +368,7 @@ async fn placement_remote_endpoint_and_failover_across_two_nodes() {
     assert_eq!(n2_ready.status, "Unknown");
 
     // Stop both VMs; nothing may be left running.
-    for name in ["a", "b"] {
-        vms.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
-        )
-        .await
-        .unwrap();
-    }
-    until("QEMU gone on n1", Duration::from_secs(90), async || {
-        qemu_under(s1.path()).is_empty().then_some(())
-    })
-    .await;
+    halt(&vms, &["a", "b"], s1.path()).await;
     kill_under(s1.path());
     for uid in b_pod_uids {
         remove_sandbox(&uid);

@@ -520,17 +520,7 @@ async fn a_launcher_error_reaches_the_vm() {
         message.contains("spec.volumes[1]") && message.contains("/nonexistent/kuvirt/data.img"),
         "{message}"
     );
-    vms.patch(
-        "nodisk",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
-    )
-    .await
-    .unwrap();
-    until("QEMU gone", Duration::from_secs(60), async || {
-        qemu_under(plane.state.path()).is_empty().then_some(())
-    })
-    .await;
+    common::plane::halt(&vms, &["nodisk"], plane.state.path()).await;
 }
 
 /// RerunOnFailure: QEMU killed → the VM runs again (a new VMI); the guest powering itself off →

@@ -11,10 +11,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::plane::{Plane, serial_log, until};
+use common::plane::{Plane, halt, serial_log, until};
 use common::*;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
 fn vm(name: &str, image: &str) -> VirtualMachine {
@@ -97,17 +97,5 @@ async fn registry_images_are_pulled_by_the_node_and_pull_errors_show() {
     .await;
     assert!(vmis.get_opt("pulled").await.unwrap().is_some());
 
-    for name in ["pulled", "missing"] {
-        vms.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
-        )
-        .await
-        .unwrap();
-    }
-    until("QEMU gone", Duration::from_secs(60), async || {
-        qemu_under(plane.state.path()).is_empty().then_some(())
-    })
-    .await;
+    halt(&vms, &["pulled", "missing"], plane.state.path()).await;
 }

@@ -106,18 +106,10 @@ fn identity(dir: &Path) -> Result<(String, String), EndpointError> {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), EndpointError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::join::write_private(path, data).map_err(|e| match e {
+        crate::join::JoinError::Io { path, source } => EndpointError::Io { path, source },
+        other => EndpointError::Tls(other.to_string()),
+    })
 }
 
 fn tls_config(

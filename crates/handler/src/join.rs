@@ -212,8 +212,8 @@ pub fn kubeconfig_text(url: &str, ca_pem: &str, token: &str) -> String {
     )
 }
 
-/// Writes `text` to `path` readable by its owner only.
-pub fn write_private(path: &Path, text: &str) -> Result<(), JoinError> {
+/// Writes `data` to `path` readable by its owner only, replacing it atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), JoinError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| JoinError::Io {
@@ -228,7 +228,7 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), JoinError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
+    f.write_all(data).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 

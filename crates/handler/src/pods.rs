@@ -595,22 +595,9 @@ async fn fail_before_start(
     reason: &str,
     message: &str,
 ) {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    // The VMI first: its reason must be there before the pod's failure is seen (the VMI
+    // controller would fail the VMI with a reason of its own).
     let now = kuvirt_apimachinery::meta::now();
-    let _ = pods
-        .patch_status(
-            pod_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "phase": "Failed", "reason": reason, "message": message,
-                "containerStatuses": [{"name": "compute", "ready": false, "restartCount": 0,
-                                       "image": "kuvirt", "imageID": "",
-                                       "state": {"terminated": {"exitCode": 1, "reason": reason,
-                                                                 "message": message,
-                                                                 "finishedAt": now}}}],
-            }})),
-        )
-        .await;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
     if vmis
         .get(vmi)
@@ -628,6 +615,21 @@ async fn fail_before_start(
             )
             .await;
     }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let _ = pods
+        .patch_status(
+            pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "phase": "Failed", "reason": reason, "message": message,
+                "containerStatuses": [{"name": "compute", "ready": false, "restartCount": 0,
+                                       "image": "kuvirt", "imageID": "",
+                                       "state": {"terminated": {"exitCode": 1, "reason": reason,
+                                                                 "message": message,
+                                                                 "finishedAt": now}}}],
+            }})),
+        )
+        .await;
 }
 
 /// The directory of one VMI's launcher: one per VMI (not per name), so a restarted VM's new VMI

@@ -197,3 +197,21 @@ pub fn serial_log(state: &Path, ns: &str, vmi: &str) -> String {
         .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
         .collect()
 }
+
+/// Halts the named VMs (runStrategy Halted) and waits until no QEMU runs under `state`: every
+/// test that starts guests ends with them gone (leftovers slow every later test down).
+pub async fn halt(vms: &kube::Api<kuvirt_api::VirtualMachine>, names: &[&str], state: &Path) {
+    for name in names {
+        vms.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"runStrategy": "Halted"}})),
+        )
+        .await
+        .unwrap();
+    }
+    until("QEMU gone", Duration::from_secs(90), async || {
+        super::qemu_under(state).is_empty().then_some(())
+    })
+    .await;
+}
