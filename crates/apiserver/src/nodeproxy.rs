@@ -206,34 +206,104 @@ fn condition(vmi: &Value, t: &str) -> bool {
         })
 }
 
-/// virt-api's checks before it calls the node.
+fn forbidden_vmi(name: &str, why: &str) -> ApiError {
+    ApiError {
+        details: Some(Box::new(
+            json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
+        )),
+        ..ApiError::new(
+            403,
+            "Forbidden",
+            format!("virtualmachineinstance.kubevirt.io \"{name}\" is forbidden: {why}"),
+        )
+    }
+}
+
+/// virt-api's checks before it calls the node, in its order and words.
 fn validate(vmi: &Value, call: &VmiCall) -> Result<(), ApiError> {
-    let running = vmi.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
+    let phase = vmi.pointer("/status/phase").and_then(Value::as_str);
+    let running = phase == Some("Running");
     let paused = condition(vmi, "Paused");
+    let agent = condition(vmi, "AgentConnected");
+    let devices = vmi.pointer("/spec/domain/devices");
+    let off = |field: &str| devices.and_then(|d| d.get(field)) == Some(&Value::Bool(false));
     let name = &call.name;
     match call.verb {
+        VmiVerb::Pause => {
+            if !running {
+                return Err(conflict(name, "VM is not running"));
+            }
+            let probe = vmi.pointer("/spec/livenessProbe");
+            if probe.is_some_and(|p| p.get("guestAgentPing").is_none()) {
+                return Err(forbidden_vmi(
+                    name,
+                    "Pausing VMIs with a non-GuestAgentPing LivenessProbe is not supported",
+                ));
+            }
+            if paused {
+                return Err(conflict(name, "VMI is already paused"));
+            }
+            Ok(())
+        }
         VmiVerb::Unpause if !paused => Err(conflict(name, "VMI is not paused")),
-        VmiVerb::Unpause => Ok(()),
-        VmiVerb::GuestOsInfo if !condition(vmi, "AgentConnected") => {
+        VmiVerb::Unpause | VmiVerb::Reset if !running => Err(conflict(name, "VM is not running")),
+        VmiVerb::Unpause | VmiVerb::Reset => Ok(()),
+        VmiVerb::SoftReboot => {
+            if !running {
+                return Err(conflict(name, "VM is not running"));
+            }
+            if paused {
+                return Err(conflict(name, "VMI is paused"));
+            }
+            // ACPI is on unless the spec turns it off (KubeVirt's default).
+            let acpi_off =
+                vmi.pointer("/spec/domain/features/acpi/enabled") == Some(&Value::Bool(false));
+            if acpi_off && !agent {
+                return Err(conflict(
+                    name,
+                    "VMI neither have the agent connected nor the ACPI feature enabled",
+                ));
+            }
+            Ok(())
+        }
+        VmiVerb::GuestOsInfo if !running => Err(conflict(name, "VMI is not running")),
+        VmiVerb::GuestOsInfo if !agent => {
             Err(conflict(name, "VMI does not have guest agent connected"))
         }
-        _ if !running => Err(conflict(name, "VMI is not running")),
-        VmiVerb::Pause if vmi.pointer("/spec/livenessProbe").is_some() => Err(ApiError {
-            details: Some(Box::new(
-                json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
-            )),
-            ..ApiError::new(
-                403,
-                "Forbidden",
-                format!(
-                    "virtualmachineinstance.kubevirt.io \"{name}\" is forbidden: Pausing VMIs with LivenessProbe is currently not supported"
-                ),
-            )
-        }),
-        VmiVerb::Pause if paused => Err(conflict(name, "VMI is already paused")),
-        VmiVerb::SoftReboot if paused => Err(conflict(name, "VMI is paused")),
-        _ => Ok(()),
+        VmiVerb::GuestOsInfo => Ok(()),
+        VmiVerb::Console | VmiVerb::Vnc | VmiVerb::Screenshot => {
+            if call.verb == VmiVerb::Console && off("autoattachSerialConsole") {
+                return Err(ApiError::bad_request("No serial consoles are present."));
+            }
+            if call.verb != VmiVerb::Console && off("autoattachGraphicsDevice") {
+                return Err(ApiError::bad_request("No graphics devices are present."));
+            }
+            if phase == Some("Failed") {
+                return Err(conflict(name, "VMI is in failed status"));
+            }
+            if !running {
+                return Err(ApiError::bad_request("VMI is not running"));
+            }
+            Ok(())
+        }
     }
+}
+
+/// Pause and unpause options: only `dryRun` matters here (virt-api checks, then stops).
+fn dry_run(body: &[u8]) -> Result<bool, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let v: Value = serde_json::from_slice(body)
+        .or_else(|_| serde_saphyr::from_slice(body))
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "Can not unmarshal Request body to struct, error: {e}"
+            ))
+        })?;
+    Ok(v.get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|d| d.iter().any(|x| x == "All")))
 }
 
 async fn serve(
@@ -251,6 +321,16 @@ async fn serve(
             req.method()
         )));
     }
+    // Pause and unpause take options (a dry run); their body is read here, small.
+    let (req, dry) = if matches!(call.verb, VmiVerb::Pause | VmiVerb::Unpause) {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .map_err(|_| ApiError::too_large(64 * 1024))?;
+        (Request::from_parts(parts, Body::empty()), dry_run(&bytes)?)
+    } else {
+        (req, false)
+    };
     let vmi = match objects::get(
         &state.store,
         &target("virtualmachineinstances", &call.namespace)?,
@@ -277,6 +357,9 @@ async fn serve(
         Err(e) => return Err(e),
     };
     validate(&vmi, call)?;
+    if dry {
+        return Ok(StatusCode::OK.into_response());
+    }
     if call.verb == VmiVerb::GuestOsInfo {
         // Passed `validate` only with a guest agent, which no VM reports yet.
         return Err(conflict(
@@ -335,6 +418,7 @@ async fn serve(
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
     Err(match parts.status {
         StatusCode::CONFLICT => conflict(&call.name, &message),
+        StatusCode::NOT_FOUND => ApiError::new(404, "NotFound", message),
         _ => ApiError::internal(format!("Internal error occurred: {message}")),
     })
 }
@@ -531,17 +615,24 @@ async fn splice(
     let mut upstream = request(ep, tls, Method::GET, path, headers).await?;
     if upstream.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = upstream.status();
-        let body = http_body_util::BodyExt::collect(upstream.into_body())
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::BodyExt::collect(upstream.into_body()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
         let message = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or_else(|| format!("node agent answered {status}"));
-        return Err(ApiError::internal(format!(
-            "Internal error occurred: {message}"
-        )));
+        return Err(match status {
+            StatusCode::NOT_FOUND => ApiError::new(404, "NotFound", message),
+            StatusCode::CONFLICT => ApiError::new(409, "Conflict", message),
+            _ => ApiError::internal(format!("Internal error occurred: {message}")),
+        });
     }
     let node_upgrade = hyper::upgrade::on(&mut upstream);
     let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
@@ -617,6 +708,26 @@ mod tests {
         let e = validate(&running, &call(VmiVerb::GuestOsInfo)).unwrap_err();
         assert!(e.message.contains("guest agent"));
         assert!(validate(&vmi("Running", paused), &call(VmiVerb::SoftReboot)).is_err());
+        // Streams: 400 while not running (virtctl retries on it), 409 once failed.
+        let e = validate(&vmi("Scheduled", json!([])), &call(VmiVerb::Vnc)).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (400, "VMI is not running"));
+        let e = validate(&vmi("Failed", json!([])), &call(VmiVerb::Console)).unwrap_err();
+        assert_eq!(e.code, 409);
+        let mut headless = vmi("Running", json!([]));
+        headless["spec"] = json!({"domain": {"devices": {"autoattachSerialConsole": false,
+                                                         "autoattachGraphicsDevice": false}}});
+        let e = validate(&headless, &call(VmiVerb::Console)).unwrap_err();
+        assert_eq!(e.message, "No serial consoles are present.");
+        let e = validate(&headless, &call(VmiVerb::Screenshot)).unwrap_err();
+        assert_eq!(e.message, "No graphics devices are present.");
+        let e = validate(&vmi("Scheduled", json!([])), &call(VmiVerb::Pause)).unwrap_err();
+        assert!(e.message.contains("VM is not running"), "{}", e.message);
+        let mut no_acpi = vmi("Running", json!([]));
+        no_acpi["spec"] = json!({"domain": {"features": {"acpi": {"enabled": false}}}});
+        assert!(validate(&no_acpi, &call(VmiVerb::SoftReboot)).is_err());
+        assert!(dry_run(br#"{"dryRun": ["All"]}"#).unwrap());
+        assert!(!dry_run(b"").unwrap());
+        assert_eq!(dry_run(b"{not").unwrap_err().code, 400);
     }
 
     #[test]

@@ -135,18 +135,21 @@ fn base64_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
-/// Opens the websocket, retrying while the VMI is not running yet (409) or its node has no
-/// launcher for it yet, until `deadline`.
+/// Opens the websocket, retrying while the VMI is not there yet (404) or not running yet (400,
+/// as virtctl does), until `deadline`; says once what it waits for.
 async fn open_until(kube: &kube::Client, path: &str, deadline: tokio::time::Instant) -> Result<Ws> {
+    let mut told = false;
     loop {
         match open(kube, path).await {
             Ok(ws) => return Ok(ws),
             Err((code, e)) => {
-                // Not there yet (the VMI is being created), not running yet, or its node has no
-                // launcher for it yet.
-                let retry = matches!(code, 404 | 409 | 500 | 502 | 503);
+                let retry = code == 404 || (code == 400 && e.to_string().contains("not running"));
                 if !retry || tokio::time::Instant::now() >= deadline {
                     return Err(e);
+                }
+                if !told {
+                    eprintln!("Waiting: {e}");
+                    told = true;
                 }
             }
         }

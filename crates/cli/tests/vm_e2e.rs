@@ -470,7 +470,7 @@ async fn a_vm_that_cannot_start_backs_off() {
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "broken"},
         "spec": {"runStrategy": "Always", "template": {"spec": {
             "domain": {"devices": {"disks": [{"name": "root", "disk": {}}]}, "memory": {"guest": "64Mi"}},
-            "volumes": [{"name": "root", "containerDisk": {"image": "oci:/nonexistent/layout"}}]}}}
+            "volumes": [{"name": "root", "hostDisk": {"path": "/nonexistent/kuvirt/root.img", "type": "Disk"}}]}}}
     }))
     .unwrap();
     vms.create(&PostParams::default(), &vm).await.unwrap();

@@ -206,6 +206,14 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
             });
         }
     }
+    // Only the strategies that restart by themselves keep counting (KubeVirt's
+    // shouldClearStartFailure): a Halted or Manual VM starts its next run with a clean slate.
+    if !matches!(
+        strategy,
+        RunStrategy::Always | RunStrategy::RerunOnFailure | RunStrategy::Once
+    ) {
+        failure = None;
+    }
     // Why the last start failed (the VMI goes away when the VM starts over): a Failure
     // condition, as KubeVirt keeps, kept while start failures count.
     let failed_start = vmi.and_then(|v| {
@@ -270,12 +278,16 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
         VirtualMachinePrintableStatus::ImagePullBackOff
     } else if backing_off {
         VirtualMachinePrintableStatus::CrashLoopBackOff
+    } else if matches!(action, VmiAction::Stop { .. }) && strategy == RunStrategy::Halted
+        || vmi_deleting
+    {
+        VirtualMachinePrintableStatus::Stopping
     } else if failed_start
         .as_ref()
         .is_some_and(|(reason, _)| reason == "ErrImagePull")
     {
         VirtualMachinePrintableStatus::ErrImagePull
-    } else if matches!(action, VmiAction::Stop { .. }) || vmi_deleting {
+    } else if matches!(action, VmiAction::Stop { .. }) {
         VirtualMachinePrintableStatus::Stopping
     } else {
         match vmi.map(|v| (v, phase(v))) {

@@ -84,16 +84,38 @@ pub async fn reconcile(
     let done = matches!(phase(&vmi), Some(Phase::Succeeded | Phase::Failed));
     let finalizers = vmi.metadata.finalizers.clone().unwrap_or_default();
     let finalized = finalizers.iter().any(|f| f == FINALIZER);
-    if vmi.metadata.deletion_timestamp.is_some() {
-        // A launcher still running on a node: that node's agent is shutting the guest down
-        // (ACPI, grace period) and ends the pod when QEMU is gone.
-        let running = mine.iter().any(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
-                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        });
-        if running {
-            return Ok(Action::requeue(Duration::from_secs(10)));
+    if let Some(deleted_at) = vmi.metadata.deletion_timestamp.clone() {
+        // The finalizer goes only once the VM is down, so a new VMI of the same VM never runs
+        // beside the old QEMU: the node agent says so (a final VMI or pod phase, written after
+        // its launcher exited), or the VMI never got a node. A node agent that stays silent
+        // past the grace period and a minute is taken as gone (the node controller fails the
+        // VMIs of lost nodes sooner).
+        let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+        let pod_final = |p: &Pod| {
+            matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        };
+        let live = mine.iter().any(|p| bound(p) && !pod_final(p));
+        let handed_over = matches!(phase(&vmi), Some(Phase::Scheduled | Phase::Running));
+        let ended = !mine.is_empty() && mine.iter().all(|p| bound(p) && pod_final(p));
+        let down = done || ended || (!live && !handed_over);
+        if !down {
+            let grace = vmi
+                .spec
+                .termination_grace_period_seconds
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or(30);
+            let give_up = Duration::from_secs(grace.saturating_add(60));
+            let waited = k8s_openapi::jiff::Timestamp::now().duration_since(deleted_at.0);
+            let waited = Duration::try_from(waited).unwrap_or_default();
+            if waited < give_up {
+                return Ok(Action::requeue(
+                    (give_up - waited).min(Duration::from_secs(10)),
+                ));
+            }
+            tracing::warn!(vmi = %name, namespace = %ns, "no word from the node agent: releasing the VMI");
         }
         delete_pods(&pods, &mine).await;
         if finalized {

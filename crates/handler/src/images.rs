@@ -25,32 +25,38 @@ fn policy(need: &ImageNeed) -> Result<Option<PullPolicy>, String> {
     }
 }
 
-/// Credentials for `need` from its pull secret (a `kubernetes.io/dockerconfigjson` Secret in the
-/// VMI's namespace), else the node's own docker config or anonymous.
-async fn auth(client: &kube::Client, ns: &str, need: &ImageNeed) -> Result<Auth, String> {
+/// Credentials for `need` from its pull secret (a `kubernetes.io/dockerconfigjson` or legacy
+/// `dockercfg` Secret in the VMI's namespace). As the kubelet does, a secret that is missing or
+/// has nothing for the image's registry is warned about and the pull goes on with the node's
+/// own docker config, or anonymously.
+async fn auth(client: &kube::Client, ns: &str, need: &ImageNeed) -> Auth {
     let Some(secret) = need.pull_secret.as_deref().filter(|s| !s.is_empty()) else {
-        return Ok(Auth::Auto);
+        return Auth::Auto;
     };
     let registry = match ImageRef::parse(&need.image) {
         Ok(ImageRef::Registry(r)) => r.resolve_registry().to_string(),
-        _ => return Ok(Auth::Auto),
+        _ => return Auth::Auto,
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let s = secrets
-        .get(secret)
-        .await
-        .map_err(|e| format!("imagePullSecret {secret:?}: {e}"))?;
-    let data = s.data.unwrap_or_default();
-    let config = data
-        .get(".dockerconfigjson")
-        .or_else(|| data.get(".dockercfg"))
-        .ok_or_else(|| format!("imagePullSecret {secret:?} has no .dockerconfigjson"))?;
-    let text = String::from_utf8_lossy(&config.0);
-    match kuvirt_images::oci::auth::from_config(&text, &registry) {
-        Some((username, password)) => Ok(Auth::Basic { username, password }),
-        None => Err(format!(
-            "imagePullSecret {secret:?} has no credentials for {registry}"
-        )),
+    let data = match secrets.get(secret).await {
+        Ok(s) => s.data.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(%secret, namespace = %ns, error = %e, "imagePullSecret not readable; pulling without it");
+            return Auth::Auto;
+        }
+    };
+    // `.dockercfg` is the bare map `.dockerconfigjson` keeps under "auths".
+    let config = match (data.get(".dockerconfigjson"), data.get(".dockercfg")) {
+        (Some(c), _) => String::from_utf8_lossy(&c.0).into_owned(),
+        (None, Some(c)) => format!("{{\"auths\": {}}}", String::from_utf8_lossy(&c.0)),
+        (None, None) => String::new(),
+    };
+    match kuvirt_images::oci::auth::from_config(&config, &registry) {
+        Some((username, password)) => Auth::Basic { username, password },
+        None => {
+            tracing::warn!(%secret, %registry, "imagePullSecret has no credentials for the registry; pulling without it");
+            Auth::Auto
+        }
     }
 }
 
@@ -69,7 +75,7 @@ pub async fn pull(
     let store = ImageStore::open(&state_dir.join("images")).map_err(|e| e.to_string())?;
     for need in needs {
         let opts = PullOptions {
-            auth: auth(client, ns, &need).await?,
+            auth: auth(client, ns, &need).await,
             policy: policy(&need)?,
             ..PullOptions::default()
         };

@@ -186,12 +186,16 @@ pub async fn fetch_ca(url: &str, token: &JoinToken) -> Result<String, JoinError>
             .await
             .map_err(|e| server(e.to_string()))?
             .to_bytes();
-    let pem =
-        String::from_utf8(body.to_vec()).map_err(|_| server("/cacerts is not text".into()))?;
-    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| server("/cacerts holds no certificate".into()))?;
+    let certs = CertificateDer::pem_slice_iter(&body)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| server(format!("/cacerts: {e}")))?;
+    // Exactly the one certificate the token pins: anything more would be trusted unchecked.
+    let [der] = certs.as_slice() else {
+        return Err(server(format!(
+            "/cacerts holds {} certificates, expected exactly one",
+            certs.len()
+        )));
+    };
     let got = hex::encode(sha2::Sha256::digest(der.as_ref()));
     if got != token.ca_sha256 {
         return Err(JoinError::CaMismatch {
@@ -200,7 +204,20 @@ pub async fn fetch_ca(url: &str, token: &JoinToken) -> Result<String, JoinError>
             want: token.ca_sha256.clone(),
         });
     }
-    Ok(pem)
+    Ok(pem_of(der))
+}
+
+/// The PEM text of one DER certificate (what was verified, not what was sent).
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// A kubeconfig for `url` trusting `ca_pem`, authenticating with the node token.
@@ -248,6 +265,17 @@ mod tests {
         assert!(JoinToken::parse(&format!("kuvirt1:{}:x", "g".repeat(64))).is_err());
         assert!(JoinToken::parse(&format!("kuvirt1:{h}:")).is_err());
         assert!(JoinToken::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn verified_certificates_are_re_encoded() {
+        let der = [0x30u8, 0x03, 0x02, 0x01, 0x05];
+        let pem = pem_of(&der);
+        let back: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].as_ref(), &der);
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
         endpoint_port: ep.addr.port(),
         cert_sha256: ep.cert_sha256.clone(),
     };
-    node::register(&client, &me).await?;
+    // Registration waits out another agent that still holds this node's name.
+    loop {
+        match node::register(&client, &me).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the node; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
     let hb_client = client.clone();
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(cfg.heartbeat.max(Duration::from_millis(100)));

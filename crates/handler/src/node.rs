@@ -105,7 +105,11 @@ pub async fn register(client: &kube::Client, me: &Identity) -> Result<(), Error>
     };
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            if let Some(existing) = nodes.get_opt(name).await? {
+                refuse_takeover(&existing, me, k8s_openapi::jiff::Timestamp::now())?;
+            }
+        }
         Err(e) => return Err(e.into()),
     }
     // The endpoint's certificate may be new (a new state directory): publish its hash.
@@ -119,6 +123,46 @@ pub async fn register(client: &kube::Client, me: &Identity) -> Result<(), Error>
         )
         .await?;
     heartbeat(client, me).await
+}
+
+/// How recent another agent's heartbeat must be for its Node to count as taken.
+const TAKEN_FOR: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// A Node another live agent holds (a different endpoint certificate, a recent heartbeat) is not
+/// taken over: two hosts under one name would both run its pods.
+fn refuse_takeover(
+    existing: &Node,
+    me: &Identity,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<(), Error> {
+    let theirs = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::endpoint::CERT_ANNOTATION));
+    if theirs.is_none_or(|t| *t == me.cert_sha256) {
+        return Ok(());
+    }
+    let last = existing
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0);
+    let Some(last) = last else { return Ok(()) };
+    let age = now.duration_since(last);
+    let fresh =
+        std::time::Duration::try_from(age).is_ok_and(|a| a < TAKEN_FOR) || age.is_negative();
+    if fresh {
+        return Err(Error::Pod(format!(
+            "node {:?} is held by another agent (another endpoint certificate, Ready {}s ago); give this host another --node-name, or stop the other agent and wait {}s",
+            me.name,
+            age.as_secs().max(0),
+            TAKEN_FOR.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 /// Reports the node Ready with a fresh heartbeat time.
@@ -147,4 +191,36 @@ pub async fn heartbeat(client: &kube::Client, me: &Identity) -> Result<(), Error
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn node(cert: &str, heartbeat: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n", "annotations": {crate::endpoint::CERT_ANNOTATION: cert}},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+                                        "lastHeartbeatTime": heartbeat}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_live_node_of_another_host_is_not_taken_over() {
+        let me = Identity {
+            name: "n".into(),
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            endpoint_port: 1,
+            cert_sha256: "mine".into(),
+        };
+        let now: k8s_openapi::jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let e = refuse_takeover(&node("theirs", "2026-11-22T09:59:50Z"), &me, now).unwrap_err();
+        assert!(e.to_string().contains("held by another agent"), "{e}");
+        // Its agent is gone (stale heartbeat), or it is this host (same certificate).
+        assert!(refuse_takeover(&node("theirs", "2026-11-22T09:58:00Z"), &me, now).is_ok());
+        assert!(refuse_takeover(&node("mine", "2026-11-22T09:59:50Z"), &me, now).is_ok());
+    }
 }

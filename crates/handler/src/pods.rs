@@ -194,6 +194,10 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
         .fields(&format!("spec.nodeName={}", cfg.node))
         .labels("kubevirt.io=virt-launcher");
     let launchers: Launchers = Arc::default();
+    // Pods whose launcher is being started (images pulled, sandbox made) in a task of its own,
+    // so one slow pull holds up nothing else; and those of them that went meanwhile.
+    let starting: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let went: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let mut seen = std::collections::HashSet::new();
     let mut events = watcher(pods, wc).default_backoff().boxed();
     while let Some(ev) = events.next().await {
@@ -213,49 +217,89 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     Some("Succeeded" | "Failed")
                 );
                 if pod.metadata.deletion_timestamp.is_some() {
-                    stop(&client, &cfg.node, &launchers, &uid, None).await;
-                } else if !final_phase && !launchers.lock().await.contains_key(&uid) {
-                    match start(&client, &cfg, &net, &pod, launchers.clone()).await {
-                        Ok(l) => {
-                            launchers.lock().await.insert(uid, l);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "starting a launcher failed");
-                            if let Some(vmi) = vmi_of_pod(&pod) {
-                                record(
-                                    &client,
-                                    &cfg.node,
-                                    &vmi,
-                                    VmiEvent::SyncFailed(e.to_string()),
-                                )
-                                .await;
+                    stop_or_mark(&client, &cfg.node, &launchers, &starting, &went, &uid).await;
+                } else if !final_phase
+                    && !launchers.lock().await.contains_key(&uid)
+                    && starting.lock().await.insert(uid.clone())
+                {
+                    let (client, cfg, net) = (client.clone(), cfg.clone(), net.clone());
+                    let (launchers, starting, went) =
+                        (launchers.clone(), starting.clone(), went.clone());
+                    tokio::spawn(async move {
+                        match start(&client, &cfg, &net, &pod, launchers.clone()).await {
+                            Ok(l) => {
+                                launchers.lock().await.insert(uid.clone(), l);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "starting a launcher failed");
+                                if let Some(vmi) = vmi_of_pod(&pod) {
+                                    record(
+                                        &client,
+                                        &cfg.node,
+                                        &vmi,
+                                        VmiEvent::SyncFailed(e.to_string()),
+                                    )
+                                    .await;
+                                }
                             }
                         }
-                    }
+                        starting.lock().await.remove(&uid);
+                        // Its pod went while it was starting: stop it now.
+                        if went.lock().await.remove(&uid) {
+                            stop(&client, &cfg.node, &launchers, &uid, None).await;
+                        }
+                    });
                 }
             }
             watcher::Event::Delete(pod) => {
                 let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-                stop(&client, &cfg.node, &launchers, uid, None).await;
+                stop_or_mark(&client, &cfg.node, &launchers, &starting, &went, uid).await;
             }
             watcher::Event::Init => seen.clear(),
             watcher::Event::InitDone => {
                 // A (re)list no longer shows these pods: they went while we were not watching.
-                let gone: Vec<String> = launchers
+                let mut gone: Vec<String> = launchers
                     .lock()
                     .await
                     .keys()
                     .filter(|k| !seen.contains(*k))
                     .cloned()
                     .collect();
+                gone.extend(
+                    starting
+                        .lock()
+                        .await
+                        .iter()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned(),
+                );
                 for uid in gone {
-                    stop(&client, &cfg.node, &launchers, &uid, None).await;
+                    stop_or_mark(&client, &cfg.node, &launchers, &starting, &went, &uid).await;
                 }
                 collect_sandboxes(&net, &launchers).await;
             }
         }
     }
     Ok(())
+}
+
+/// Stops the launcher of a pod that went, or, while it is still being started, marks it so the
+/// starting task stops it when it is up.
+async fn stop_or_mark(
+    client: &kube::Client,
+    node: &str,
+    launchers: &Launchers,
+    starting: &Mutex<std::collections::HashSet<String>>,
+    went: &Mutex<std::collections::HashSet<String>>,
+    uid: &str,
+) {
+    let starting = starting.lock().await;
+    if starting.contains(uid) {
+        went.lock().await.insert(uid.to_string());
+        return;
+    }
+    drop(starting);
+    stop(client, node, launchers, uid, None).await;
 }
 
 /// The VMI a launcher pod is for (its annotation and label), without a resourceVersion.
@@ -291,9 +335,10 @@ async fn current(client: &kube::Client, known: &Involved) -> Involved {
     }
 }
 
-/// Asks a launcher to shut its VM down gracefully (the launcher kills it after the grace period).
-/// Asks the launcher of pod `uid` to shut its VM down (`grace`: the VMI's current grace period,
-/// else the one the launcher started with). Whether a launcher was there to ask.
+/// Asks the launcher of pod `uid` to shut its VM down gracefully (the launcher kills it after
+/// the grace period): `grace`, else the VMI's current one (a forced stop or restart may have
+/// shortened it), else the one the launcher started with. Whether the launcher was asked (or,
+/// still starting, signalled).
 async fn stop(
     client: &kube::Client,
     node: &str,
@@ -308,6 +353,10 @@ async fn stop(
         .map(|l| (l.vm_dir.clone(), l.pid, l.vmi.clone(), l.shutdown_signaled));
     let Some((dir, pid, vmi, signaled)) = found else {
         return false;
+    };
+    let grace = match grace {
+        Some(g) => Some(g),
+        None => vmi_grace(client, &vmi).await,
     };
     let asked = call(
         &dir.join("launcher.sock"),
@@ -328,16 +377,30 @@ async fn stop(
         )
         .await;
     }
+    if asked.is_ok() {
+        return true;
+    }
     // Still starting (no socket yet): SIGTERM, which the launcher turns into a clean stop.
-    if asked.is_err()
-        && let Some(pid) = pid.and_then(|p| i32::try_from(p).ok())
-    {
-        let _ = nix::sys::signal::kill(
+    match pid.and_then(|p| i32::try_from(p).ok()) {
+        Some(pid) => nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
-        );
+        )
+        .is_ok(),
+        None => false,
     }
-    true
+}
+
+/// The current grace period of the VMI `known` names, if it still is that VMI.
+async fn vmi_grace(client: &kube::Client, known: &Involved) -> Option<u64> {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &known.namespace);
+    let v = vmis.get_opt(&known.name).await.ok()??;
+    if v.metadata.uid != known.uid {
+        return None;
+    }
+    v.spec
+        .termination_grace_period_seconds
+        .and_then(|g| u64::try_from(g).ok())
 }
 
 async fn start(
@@ -433,10 +496,12 @@ async fn start(
     let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
     // The kubelet's part: the VM's images are pulled here, in the node's network, before the
     // launcher starts in its sandbox (where it only reads the node's image cache).
-    if let Err(why) = pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
+    if let Err((reason, why)) = pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
         use std::io::Write as _;
         let _ = writeln!(&log, "error: {why}");
-        fail_before_start(client, &ns, &pod_name, &vmi, &vmi_uid, "ErrImagePull", &why).await;
+        if let Some(reason) = reason {
+            fail_before_start(client, &ns, &pod_name, &vmi, &vmi_uid, reason, &why).await;
+        }
         return Err(Error::Pod(format!("{ns}/{vmi}: {why}")));
     }
     let limits = Limits::from_pod(pod);
@@ -572,16 +637,19 @@ async fn pull_images(
     ns: &str,
     vmi: &str,
     vmi_uid: &str,
-) -> Result<(), String> {
+) -> Result<(), (Option<&'static str>, String)> {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
     let v = vmis
         .get(vmi)
         .await
-        .map_err(|e| format!("reading the VMI: {e}"))?;
+        .map_err(|e| (Some("SyncFailed"), format!("reading the VMI: {e}")))?;
     if v.metadata.uid.as_deref() != Some(vmi_uid) {
-        return Err("the VMI was replaced".into());
+        // A newer VMI of the same name: this pod is stale, nothing to report on.
+        return Err((None, "the VMI was replaced".into()));
     }
-    crate::images::pull(client, &cfg.state_dir, &v).await
+    crate::images::pull(client, &cfg.state_dir, &v)
+        .await
+        .map_err(|e| (Some("ErrImagePull"), e))
 }
 
 /// A pod that never got to start its launcher: the pod and its VMI fail with `reason` (the VM
@@ -770,7 +838,9 @@ async fn monitor(
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let socket = vm_dir.join("launcher.sock");
     let mut silent = 0;
-    let mut stopping = false;
+    // The grace period a shutdown was last asked with (a shorter one is sent again: the
+    // launcher's earliest deadline wins).
+    let mut asked_grace: Option<Option<u64>> = None;
     let ok = loop {
         if let Some(c) = child.as_mut() {
             tokio::select! {
@@ -789,16 +859,21 @@ async fn monitor(
             .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
         // Deleted (its finalizer holds it until the VM is down): shut the guest down with the
         // VMI's grace period, which a forced stop may have shortened.
-        if !stopping
-            && let Some(v) = current
-                .as_ref()
-                .filter(|v| v.metadata.deletion_timestamp.is_some())
+        if let Some(v) = current
+            .as_ref()
+            .filter(|v| v.metadata.deletion_timestamp.is_some())
         {
             let grace = v
                 .spec
                 .termination_grace_period_seconds
                 .and_then(|g| u64::try_from(g).ok());
-            stopping = stop(&client, &node, &launchers, &uid, grace).await;
+            let shorter = match asked_grace {
+                None => true,
+                Some(before) => grace.is_some_and(|g| before.is_none_or(|b| g < b)),
+            };
+            if shorter && stop(&client, &node, &launchers, &uid, grace).await {
+                asked_grace = Some(grace);
+            }
         }
         let Ok(Response::Status { state, .. }) = call(&socket, Request::Status).await else {
             // An adopted launcher is not our child: it is gone when its socket stays silent, and
@@ -891,6 +966,10 @@ async fn monitor(
             record(&client, &node, &Involved::from(&patched), what).await;
         }
     };
+    // The launcher is reaped: its pid may be reused from now on, so it is never signalled again.
+    if let Some(l) = launchers.lock().await.get_mut(&uid) {
+        l.pid = None;
+    }
     let phase = if ok { "Succeeded" } else { "Failed" };
     let reason = if ok {
         "the guest shut down"
