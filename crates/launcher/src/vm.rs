@@ -97,6 +97,9 @@ pub enum VmError {
     },
 }
 
+/// How long a soft reboot waits for the guest to shut down before the request lapses.
+pub const SOFT_REBOOT_WINDOW: Duration = Duration::from_secs(300);
+
 /// A running VM.
 pub struct Vm {
     qmp: Qmp,
@@ -104,6 +107,8 @@ pub struct Vm {
     state: watch::Receiver<VmState>,
     state_tx: Arc<watch::Sender<VmState>>,
     soft_reboot: Arc<AtomicBool>,
+    /// Counts soft reboots, so a window that ends disarms only its own.
+    soft_reboot_epoch: Arc<AtomicU64>,
     /// Why the launcher is killing QEMU, once it is (so the exit is not called a crash).
     kill_reason: Arc<std::sync::Mutex<Option<ExitReason>>>,
     kill_tx: mpsc::Sender<()>,
@@ -193,6 +198,7 @@ impl Vm {
             state,
             state_tx: Arc::new(state_tx),
             soft_reboot: Arc::default(),
+            soft_reboot_epoch: Arc::default(),
             kill_reason: Arc::default(),
             kill_tx,
             pid,
@@ -289,6 +295,22 @@ impl Vm {
             self.disarm_soft_reboot().await;
             return Err(e.into());
         }
+        // A guest that ignores the power button must not turn a shutdown days later into a
+        // reboot: the request lapses after a while.
+        let epoch = self.soft_reboot_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let (epochs, flag, qmp) = (
+            self.soft_reboot_epoch.clone(),
+            self.soft_reboot.clone(),
+            self.qmp.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(SOFT_REBOOT_WINDOW).await;
+            if epochs.load(Ordering::SeqCst) == epoch && flag.swap(false, Ordering::SeqCst) {
+                let _ = qmp
+                    .execute("set-action", Some(json!({ "shutdown": "poweroff" })))
+                    .await;
+            }
+        });
         Ok(())
     }
 

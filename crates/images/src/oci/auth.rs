@@ -57,17 +57,18 @@ pub fn from_config(text: &str, registry: &str) -> Option<(String, String)> {
     let json: serde_json::Value = serde_json::from_str(text).ok()?;
     let auths = json.get("auths")?.as_object()?;
     let wanted = normalize(registry);
-    let encoded = auths
-        .iter()
-        .find(|(key, _)| normalize(key) == wanted)?
-        .1
-        .get("auth")?
-        .as_str()?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, pass) = decoded.split_once(':')?;
+    let entry = auths.iter().find(|(key, _)| normalize(key) == wanted)?.1;
+    // `auth` (base64 of user:password), else separate `username` and `password`.
+    if let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, pass) = decoded.split_once(':')?;
+        return Some((user.to_string(), pass.to_string()));
+    }
+    let user = entry.get("username")?.as_str()?;
+    let pass = entry.get("password")?.as_str()?;
     Some((user.to_string(), pass.to_string()))
 }
 
@@ -88,6 +89,16 @@ fn normalize(key: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn separate_username_and_password_entries() {
+        let text = r#"{"auths": {"reg.example:5000": {"username": "u", "password": "p"}}}"#;
+        assert_eq!(
+            from_config(text, "reg.example:5000"),
+            Some(("u".into(), "p".into()))
+        );
+        assert_eq!(from_config(text, "other.example"), None);
+    }
 
     #[test]
     fn finds_auth_by_host() {
