@@ -30,6 +30,27 @@ pub struct NodeFlags {
     /// Seconds between the Node's heartbeats (tests shorten it with the heartbeat timeout).
     #[arg(long, default_value = "10", hide = true)]
     pub node_heartbeat_interval: u64,
+    /// The pod network's name: bridge NAME0, nftables table NAME, namespaces NAME-<uid>
+    /// (tests give each server its own).
+    #[arg(long, default_value = "kuvirt", hide = true, value_parser = pod_network_name)]
+    pub pod_network_name: String,
+}
+
+/// A pod network name: lower-case letters and digits, at most 10 (its bridge name gets a digit
+/// and must fit the kernel's 15 characters, its namespaces a uid).
+fn pod_network_name(s: &str) -> std::result::Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 10
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.as_bytes()[0].is_ascii_lowercase();
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: 1-10 lower-case letters and digits, starting with a letter"
+        ))
+    }
 }
 
 /// `kuvirt agent`
@@ -68,6 +89,7 @@ pub fn agent_config(
                 .unwrap_or_else(|| PathBuf::from("/var/lib/kuvirt/node")),
         ))?,
         accel: node.accel.clone(),
+        pod_network: node.pod_network_name.clone(),
     };
     Ok(kuvirt_handler::AgentConfig {
         runner,

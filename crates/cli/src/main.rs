@@ -128,6 +128,9 @@ struct NodeArgs {
     /// Seconds without a heartbeat after which a node is lost and its VMIs fail.
     #[arg(long, default_value = "40", hide = true)]
     node_heartbeat_timeout: u64,
+    /// The range nodes' pod CIDRs (a /24 each) come from.
+    #[arg(long, default_value = "10.244.0.0/16", hide = true)]
+    cluster_cidr: String,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +329,8 @@ async fn server(
     watch_history: u64,
     node: NodeArgs,
 ) -> Result<i32> {
+    let cluster_cidr = kuvirt_controller::podcidr::ClusterCidr::new(&node.cluster_cidr, 24)
+        .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
     if !node.no_node_agent && node.flags.node_heartbeat_interval >= node.node_heartbeat_timeout {
         anyhow::bail!(
             "--node-heartbeat-interval ({} s) must be shorter than --node-heartbeat-timeout ({} s)",
@@ -376,6 +381,7 @@ async fn server(
             node_heartbeat_timeout: std::time::Duration::from_secs(
                 node.node_heartbeat_timeout.max(1),
             ),
+            cluster_cidr,
             ..kuvirt_controller::Options::default()
         },
         async move {

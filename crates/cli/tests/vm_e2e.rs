@@ -32,8 +32,14 @@ async fn launcher_pod(client: &kube::Client, vmi_uid: &str) -> Option<Pod> {
 }
 
 /// The network namespace the node agent made for a pod.
-fn pod_netns(pod_uid: &str) -> String {
-    SandboxConfig::new("/").netns_name(pod_uid).unwrap()
+/// The pod's network namespace on `plane`'s pod network.
+fn pod_netns(plane: &Plane, pod_uid: &str) -> String {
+    SandboxConfig {
+        netns_prefix: plane.net.name.clone(),
+        ..SandboxConfig::new("/")
+    }
+    .netns_name(pod_uid)
+    .unwrap()
 }
 
 fn netns_exists(name: &str) -> bool {
@@ -179,7 +185,11 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(pod_ip.octets()[..2], [10, 244], "pod IP {pod_ip}");
+        assert!(
+            pod_ip.to_string().starts_with(&plane.net.prefix()),
+            "pod IP {pod_ip} not in {}",
+            plane.net.cidr
+        );
         assert_ne!(
             pod.status.as_ref().unwrap().host_ip.as_deref(),
             Some(pod_ip.to_string().as_str())
@@ -194,7 +204,7 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
         assert_eq!(iface.ip_addresses, vec![pod_ip.to_string()]);
         assert_eq!(iface.info_source.as_deref(), Some("domain"));
         assert_eq!(iface.mac.as_deref().map(str::len), Some(17));
-        let netns = pod_netns(pod.metadata.uid.as_deref().unwrap());
+        let netns = pod_netns(&plane, pod.metadata.uid.as_deref().unwrap());
         let out = Command::new("ip")
             .args(["-n", &netns, "-4", "-br", "addr", "show", "dev", "eth0"])
             .output()
@@ -312,7 +322,7 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
                 let now = Seen {
                     vmi_uid: uid,
                     pod_ip: pod.status?.pod_ip?,
-                    netns: pod_netns(pod.metadata.uid.as_deref()?),
+                    netns: pod_netns(&plane, pod.metadata.uid.as_deref()?),
                 };
                 assert_eq!(now, seen[name], "{name}'s pod changed");
                 (running && ready).then_some(())

@@ -250,7 +250,8 @@ async fn console_vnc_screenshot_pause_reset_through_the_api() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols.get(2), Some(&"Running"), "{row}");
     assert!(
-        cols.get(3).is_some_and(|ip| ip.starts_with("10.244.")),
+        cols.get(3)
+            .is_some_and(|ip| ip.starts_with(&plane.net.prefix())),
         "{row}"
     );
     assert_eq!(cols.get(4).copied(), Some(plane.node.as_str()), "{row}");

@@ -47,6 +47,9 @@ pub struct RunnerConfig {
     pub state_dir: PathBuf,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
+    /// The node's pod network's name: bridge `NAME0`, nftables table `NAME`, namespaces
+    /// `NAME-<uid>` ("kuvirt"; tests give each server its own).
+    pub pod_network: String,
 }
 
 /// One launcher the handler started (its monitor task owns the process).
@@ -88,7 +91,12 @@ async fn blocking<T: Send + 'static>(
 /// network (bridge, forwarding, NAT), retrying until it works.
 async fn pod_network(client: &kube::Client, cfg: &RunnerConfig) -> PodNet {
     let nodes: Api<Node> = Api::all(client.clone());
-    let sandbox = SandboxConfig::new(&cfg.state_dir);
+    let sandbox = SandboxConfig {
+        bridge: format!("{}0", cfg.pod_network),
+        nft_table: cfg.pod_network.clone(),
+        netns_prefix: cfg.pod_network.clone(),
+        ..SandboxConfig::new(&cfg.state_dir)
+    };
     let mut told = false;
     let (cidr, node) = loop {
         let node = nodes.get_opt(&cfg.node).await.ok().flatten();

@@ -21,12 +21,84 @@ impl Drop for ServerProc {
     }
 }
 
+/// A pod network of its own for one test server (tests run in parallel on one host, and
+/// servers sharing a bridge and CIDR would hand out the same addresses): a numbered lock file
+/// under the system temp dir, taken with create_new and removed on drop (a dead owner's is
+/// taken over).
+pub struct PodNet {
+    pub name: String,
+    /// The cluster CIDR (a /20: its nodes get /24s of it).
+    pub cidr: String,
+    lock: PathBuf,
+}
+
+impl PodNet {
+    pub fn take() -> PodNet {
+        let dir = std::env::temp_dir().join("kuvirt-test-podnets");
+        std::fs::create_dir_all(&dir).unwrap();
+        for idx in 0..816u32 {
+            let lock = dir.join(idx.to_string());
+            let taken = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock);
+            let mine = match taken {
+                Ok(mut f) => {
+                    use std::io::Write as _;
+                    let _ = write!(f, "{}", std::process::id());
+                    true
+                }
+                // An owner that died without cleaning up.
+                Err(_) => std::fs::read_to_string(&lock)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+                    .is_some_and(|pid| {
+                        !Path::new(&format!("/proc/{pid}")).exists()
+                            && std::fs::write(&lock, std::process::id().to_string()).is_ok()
+                    }),
+            };
+            if mine {
+                return PodNet {
+                    name: format!("kvt{idx}"),
+                    cidr: format!("10.{}.{}.0/20", 200 + idx / 16, (idx % 16) * 16),
+                    lock,
+                };
+            }
+        }
+        panic!("no free test pod network");
+    }
+
+    /// The first two octets and a dot, for prefix checks of addresses.
+    pub fn prefix(&self) -> String {
+        let mut parts = self.cidr.split('.');
+        format!(
+            "{}.{}.",
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        // The bridge and table go too: nothing else uses them.
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}0", self.name)])
+            .output();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.name])
+            .output();
+        let _ = std::fs::remove_file(&self.lock);
+    }
+}
+
 /// One control plane with its node agent on this host.
 pub struct Plane {
     pub data: tempfile::TempDir,
     pub state: tempfile::TempDir,
     pub port: u16,
     pub node: String,
+    pub net: PodNet,
 }
 
 impl Plane {
@@ -37,6 +109,7 @@ impl Plane {
             state: state_dir(),
             port: free_port(),
             node: "kuvirt-test".into(),
+            net: PodNet::take(),
         }
     }
 
@@ -59,6 +132,8 @@ impl Plane {
                 .arg("--state-dir")
                 .arg(self.state.path())
                 .args(["--accel", "tcg", "--node-name", &self.node])
+                .args(["--pod-network-name", &self.net.name])
+                .args(["--cluster-cidr", &self.net.cidr])
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
