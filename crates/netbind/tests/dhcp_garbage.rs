@@ -1,6 +1,8 @@
 //! A deterministic fuzz loop over `dhcp::answer`: random bytes and mutated valid requests never
 //! panic, and every reply goes to the lease's MAC only.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly
+
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
