@@ -15,7 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kuvirt_netbind::dhcp::{Counters, Lease, PrivateOption, Route, Server};
+use kuvirt_netbind::dhcp::{Counters, Lease, PrivateOption, Route, ServeError, Server};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
 
@@ -217,7 +217,17 @@ fn busybox_udhcpc_gets_the_lease_after_garbage() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let server = Server::bind(&ifname, served).unwrap();
+            let server = Server::bind(&ifname, served.clone()).unwrap();
+            // a second server on another interface of the namespace coexists on port 67
+            let other = Server::bind("lo", served.clone()).unwrap();
+            assert!(matches!(
+                Server::bind("kvd-missing", served).unwrap_err(),
+                ServeError::Socket {
+                    step: "SO_BINDTODEVICE",
+                    ..
+                }
+            ));
+            drop(other);
             ready_tx.send(server.counters()).unwrap();
             tokio::select! {
                 result = server.run() => result.unwrap(),
