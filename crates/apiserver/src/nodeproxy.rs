@@ -148,39 +148,19 @@ fn allowed(role: Role, verb: VmiVerb) -> bool {
 }
 
 fn forbidden(user: &Token, call: &VmiCall) -> ApiError {
-    let resource = format!("virtualmachineinstances/{}", call.verb.path());
-    ApiError {
-        details: Some(Box::new(
-            json!({ "name": call.name, "group": GROUP, "kind": "virtualmachineinstances" }),
-        )),
-        ..ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "virtualmachineinstances.{GROUP} \"{}\" is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{GROUP}\" in the namespace \"{}\"",
-                call.name,
-                user.user,
-                call.verb.kube_verb(),
-                call.namespace
-            ),
-        )
-    }
+    crate::subresources::forbidden_subresource(
+        user,
+        call.verb.kube_verb(),
+        "virtualmachineinstances",
+        call.verb.path(),
+        &call.name,
+        &call.namespace,
+    )
 }
 
 /// virt-api's `NewConflict(v1.Resource("virtualmachineinstance"), name, err)`.
 fn conflict(name: &str, why: &str) -> ApiError {
-    ApiError {
-        details: Some(Box::new(
-            json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
-        )),
-        ..ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{name}\": {why}"
-            ),
-        )
-    }
+    crate::subresources::kubevirt_conflict("virtualmachineinstance", name, why)
 }
 
 fn target(plural: &str, ns: &str) -> Result<Target, ApiError> {

@@ -276,17 +276,35 @@ fn expand(vm: Value) -> Result<Value, ApiError> {
 }
 
 fn forbidden(user: &Token, verb: &str, call: &Call) -> ApiError {
-    let resource = format!("virtualmachines/{}", call.verb.name());
+    forbidden_subresource(
+        user,
+        verb,
+        "virtualmachines",
+        call.verb.name(),
+        &call.name,
+        &call.namespace,
+    )
+}
+
+/// RBAC's answer for `PLURAL/SUB` of this group, as Kubernetes words it.
+pub(crate) fn forbidden_subresource(
+    user: &Token,
+    verb: &str,
+    plural: &str,
+    sub: &str,
+    name: &str,
+    namespace: &str,
+) -> ApiError {
     ApiError {
         details: Some(Box::new(
-            json!({ "name": call.name, "group": GROUP, "kind": "virtualmachines" }),
+            json!({ "name": name, "group": GROUP, "kind": plural }),
         )),
         ..ApiError::new(
             403,
             "Forbidden",
             format!(
-                "virtualmachines.{GROUP} \"{}\" is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{GROUP}\" in the namespace \"{}\"",
-                call.name, user.user, call.namespace
+                "{plural}.{GROUP} \"{name}\" is forbidden: User \"{}\" cannot {verb} resource \"{plural}/{sub}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
+                user.user
             ),
         )
     }
@@ -294,16 +312,19 @@ fn forbidden(user: &Token, verb: &str, call: &Call) -> ApiError {
 
 /// virt-api's `NewConflict(v1.Resource("virtualmachine"), name, err)`.
 fn conflict(name: &str, why: &str) -> ApiError {
+    kubevirt_conflict("virtualmachine", name, why)
+}
+
+/// virt-api's `NewConflict(v1.Resource(KIND), name, err)`.
+pub(crate) fn kubevirt_conflict(kind: &str, name: &str, why: &str) -> ApiError {
     ApiError {
         details: Some(Box::new(
-            json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachine" }),
+            json!({ "name": name, "group": "kubevirt.io", "kind": kind }),
         )),
         ..ApiError::new(
             409,
             "Conflict",
-            format!(
-                "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"{name}\": {why}"
-            ),
+            format!("Operation cannot be fulfilled on {kind}.kubevirt.io \"{name}\": {why}"),
         )
     }
 }
