@@ -1,3 +1,6 @@
-//! Network bindings of a VM's pod interface; today the DHCP server the bridge and masquerade bindings use.
+//! Network bindings of a VM's pod interface: the DHCP server the bridge and masquerade bindings
+//! use, and the masquerade binding's set-up inside the pod's namespace.
 
 pub mod dhcp;
+pub mod masquerade;
+pub mod nft;
