@@ -418,3 +418,38 @@ fn without_ports_every_port_is_forwarded() {
 
     binding.stop();
 }
+
+#[test]
+fn a_tap_for_qemu_goes_on_the_bridge() {
+    let env = Env::new("tap");
+    let pod = env.pod.clone();
+    let (links, details) = thread::spawn(move || {
+        enter(&pod);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // the veth called tap0 is in the way: a real tap under another name
+            masquerade::create_tap("tap1", 107).unwrap();
+            masquerade::create_tap("tap1", 107).unwrap();
+            let mut cfg = config(vec![], vec![]);
+            cfg.guest_interface = "tap1".into();
+            cfg.pod_ip = Some(POD_IP);
+            cfg.mtu = Some(1300);
+            let binding = masquerade::setup(&cfg).unwrap();
+            assert_eq!(binding.lease().mtu, Some(1300));
+            let links = ok(&["ip", "-o", "link", "show"]);
+            let details = ok(&["ip", "-d", "-o", "link", "show", "tap1"]);
+            binding.teardown().unwrap();
+            (links, details)
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(details.contains("master k6t-eth0"), "{details}");
+    assert!(details.contains("mtu 1300"), "{details}");
+    assert!(details.contains("tun type tap"), "{details}");
+    assert!(details.contains("user 107"), "{details}");
+    assert!(links.contains("k6t-eth0:"), "{links}");
+}
