@@ -125,16 +125,9 @@ impl Drop for KillUnder {
     }
 }
 
-/// What a dead node leaves behind on this host: its pods' network namespaces and cgroups.
+/// What a dead node leaves behind on this host besides its pods' namespaces (which go with the
+/// test's pod network): their cgroups.
 fn remove_sandbox(uid: &str) {
-    let short: String = uid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect();
-    let _ = Command::new("ip")
-        .args(["netns", "del", &format!("kuvirt-{short}")])
-        .output();
     for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let Ok(hiers) = std::fs::read_dir(root) else {
             continue;
@@ -179,6 +172,7 @@ async fn placement_remote_endpoint_and_failover_across_two_nodes() {
     let s2 = state_dir();
     let _reaper = KillUnder(vec![s1.path().to_path_buf(), s2.path().to_path_buf()]);
     let port = free_port();
+    let podnet = common::plane::PodNet::take();
     let _server = Proc(
         Command::new(KUVIRT)
             .args(["server", "--data-dir"])
@@ -188,6 +182,12 @@ async fn placement_remote_endpoint_and_failover_across_two_nodes() {
             .arg("--state-dir")
             .arg(s1.path())
             .args(["--accel", "tcg", "--node-name", "n1"])
+            .args([
+                "--pod-network-name",
+                &podnet.name,
+                "--cluster-cidr",
+                &podnet.cidr,
+            ])
             .args([
                 "--node-heartbeat-timeout",
                 "8",
@@ -228,6 +228,7 @@ async fn placement_remote_endpoint_and_failover_across_two_nodes() {
                 "2",
             ])
             .stdout(Stdio::null())
+            .args(["--pod-network-name", &podnet.name])
             .stderr(std::fs::File::create(&agent_log).unwrap())
             .spawn()
             .unwrap(),

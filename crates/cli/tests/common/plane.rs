@@ -81,6 +81,18 @@ impl PodNet {
 
 impl Drop for PodNet {
     fn drop(&mut self) {
+        // Sandboxes of pods whose agent was killed with them still up (the agent tears down
+        // only what it sees end): their namespaces carry this network's name.
+        let prefix = format!("{}-", self.name);
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+                }
+            }
+        }
         // The bridge and table go too: nothing else uses them.
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}0", self.name)])
