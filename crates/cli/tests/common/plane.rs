@@ -243,6 +243,46 @@ impl Drop for Plane {
                 );
             }
         }
+        remove_pod_cgroups(self.state.path());
+    }
+}
+
+/// The cgroups of the pods whose addresses the agent under `state` holds (IPAM files name the
+/// pod UIDs): left behind when the agent was killed with them. Killed processes take a moment
+/// to leave a cgroup, so each removal is retried briefly.
+fn remove_pod_cgroups(state: &Path) {
+    let Ok(nets) = std::fs::read_dir(state.join("ipam")) else {
+        return;
+    };
+    let uids: Vec<String> = nets
+        .flatten()
+        .filter_map(|n| std::fs::read_dir(n.path()).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .collect();
+    let mut dirs = Vec::new();
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let Ok(hiers) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for h in hiers.flatten() {
+            for uid in &uids {
+                let d = h.path().join(format!("kuvirt/pod{uid}"));
+                if d.exists() {
+                    dirs.push(d);
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !dirs.is_empty() && Instant::now() < deadline {
+        dirs.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+        if !dirs.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
