@@ -25,7 +25,6 @@ use crate::http::{AppState, authenticate};
 use crate::objects;
 use crate::path::Target;
 use crate::pki::{Role, Token};
-use crate::resources::lookup;
 use crate::subresources::{GROUP, VERSION};
 
 /// The Node annotation with the SHA-256 (hex) of its agent endpoint's certificate.
@@ -165,14 +164,7 @@ fn conflict(name: &str, why: &str) -> ApiError {
 
 fn target(plural: &str, ns: &str) -> Result<Target, ApiError> {
     let group = if plural == "nodes" { "" } else { "kubevirt.io" };
-    let rt = lookup(group, "v1", plural)
-        .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
-    Ok(Target {
-        rt,
-        namespace: ns.into(),
-        name: None,
-        subresource: None,
-    })
+    crate::subresources::target(plural, group, ns)
 }
 
 fn condition(vmi: &Value, t: &str) -> bool {

@@ -333,7 +333,8 @@ fn internal(why: &str) -> ApiError {
     ApiError::internal(format!("Internal error occurred: {why}"))
 }
 
-fn target(plural: &str, group: &str, ns: &str) -> Result<Target, ApiError> {
+/// A namespaced collection of `group`/v1 `plural`, for store calls.
+pub(crate) fn target(plural: &str, group: &str, ns: &str) -> Result<Target, ApiError> {
     let rt = lookup(group, "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("{plural} are not served")))?;
     Ok(Target {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,18 +26,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 fn kubevirt_example_from_a_registry_pause_and_graceful_stop() {
     let guest = demo_guest();
     let registry = Registry::start();
-    let image = format!("{}/kuvirt/demo:latest", registry.addr);
-    let push = Command::new(KUVIRT)
-        .args(["image", "push"])
-        .arg(guest.join("disk.qcow2"))
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let image = registry.push_demo(&guest);
 
     let state = state_dir();
     let user_data = "#cloud-config\nhostname: kuvirt-demo\nssh_pwauth: true\n";

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::plane::{Plane, halt, serial_log, until};
@@ -34,18 +33,7 @@ fn vm(name: &str, image: &str) -> VirtualMachine {
 async fn registry_images_are_pulled_by_the_node_and_pull_errors_show() {
     let guest = demo_guest();
     let registry = Registry::start();
-    let image = format!("{}/kuvirt/demo:latest", registry.addr);
-    let push = Command::new(KUVIRT)
-        .args(["image", "push"])
-        .arg(guest.join("disk.qcow2"))
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    let image = registry.push_demo(&guest);
 
     let plane = Plane::new();
     let _server = plane.spawn();

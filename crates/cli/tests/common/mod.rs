@@ -124,6 +124,26 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Pushes the demo guest's disk as a containerDisk `REGISTRY/kuvirt/demo:latest` with
+    /// `kuvirt image push`; returns the reference.
+    pub fn push_demo(&self, guest: &Path) -> String {
+        let image = format!("{}/kuvirt/demo:latest", self.addr);
+        let push = Command::new(KUVIRT)
+            .args(["image", "push"])
+            .arg(guest.join("disk.qcow2"))
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(
+            push.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&push.stderr)
+        );
+        image
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
