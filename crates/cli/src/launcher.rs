@@ -2,6 +2,7 @@
 //! VMI from the API server, runs the VM until it ends or the pod is stopped, and exits with the
 //! outcome (0 = the guest shut down). The node agent starts it and reads its state.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::StartStrategy;
 use kuvirt_images::oci::{ImageStore, PullOptions};
 use kuvirt_launcher::accel::{AccelMode, QemuProbe, choose};
+use kuvirt_launcher::machine::NetBackend;
+use kuvirt_launcher::network;
 use kuvirt_launcher::session::{Session, SessionOptions, default_run_as};
 use kuvirt_launcher::vm::ExitReason;
 
@@ -60,6 +63,73 @@ fn join_cgroups(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// The VM's interfaces bound to the pod network (masquerade or bridge, inside the pod's network
+/// namespace), their DHCP servers running on this runtime until the returned tasks are dropped.
+/// Without root (no pod namespace to change) QEMU's user-mode network stands in.
+fn pod_network(
+    vmi: &VirtualMachineInstance,
+    kubeconfig: &Path,
+    vm_dir: &Path,
+) -> Result<(BTreeMap<String, NetBackend>, Vec<AbortOnDrop>)> {
+    let Some((uid, _)) = default_run_as() else {
+        eprintln!("warning: not root: the pod network is QEMU's user-mode network");
+        return Ok((user_mode_nics(vmi)?, Vec::new()));
+    };
+    let plans = network::plan(vmi)?;
+    let pod = network::PodContext {
+        qemu_uid: uid,
+        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        hostname: vmi
+            .spec
+            .hostname
+            .clone()
+            .or_else(|| vmi.metadata.name.clone())
+            .unwrap_or_default(),
+        local_ports: loopback_api_port(kubeconfig).into_iter().collect(),
+        state_dir: vm_dir.to_path_buf(),
+    };
+    let bound = network::bind(&plans, &pod).context("binding the pod network")?;
+    for (name, ip) in &bound.guest_addresses {
+        eprintln!("interface {name}: guest address {ip}");
+    }
+    let tasks = bound
+        .dhcp
+        .into_iter()
+        .map(|server| {
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = server.run().await {
+                    eprintln!("warning: dhcp server stopped: {e}");
+                }
+            }))
+        })
+        .collect();
+    Ok((bound.backends, tasks))
+}
+
+/// The port of an API server on the loopback (the pod reaches it through a forwarder on the
+/// pod's own loopback, which the masquerade NAT must leave alone).
+fn loopback_api_port(kubeconfig: &Path) -> Option<u16> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).ok()?;
+    let server = kc.clusters.first()?.cluster.as_ref()?.server.clone()?;
+    let uri: http::Uri = server.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = if host == "localhost" {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse().ok()?
+    };
+    ip.is_loopback().then(|| uri.port_u16().unwrap_or(443))
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn launcher(args: LauncherArgs) -> Result<i32> {
     join_cgroups(&args.cgroups)?;
     let mut signals = Signals::new()?;
@@ -79,7 +149,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
             args.vmi_uid
         );
     }
-    let nics = user_mode_nics(&vmi)?;
+    let (nics, _dhcp) = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
     let state = state_dir(args.state_dir)?;
     let mode: AccelMode = args.accel.parse()?;
     let probe = QemuProbe {

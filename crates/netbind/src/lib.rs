@@ -1,6 +1,40 @@
 //! Network bindings of a VM's pod interface: the DHCP server the bridge and masquerade bindings
-//! use, and the masquerade binding's set-up inside the pod's namespace.
+//! use, and both bindings' set-up inside the pod's namespace.
 
+pub mod bridge;
 pub mod dhcp;
 pub mod masquerade;
 pub mod nft;
+mod sys;
+
+use crate::dhcp::ServeError;
+
+/// Why the binding could not be set up or torn down.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface name {0:?} is not 1..=15 of [A-Za-z0-9_.-]")]
+    Name(String),
+    #[error("nft table name {0:?} is not a letter then [A-Za-z0-9_], at most 64")]
+    Table(String),
+    #[error("{program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{command}: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    State {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no {what} on {ifname}")]
+    Discover { ifname: String, what: &'static str },
+    #[error("dhcp: {0}")]
+    Dhcp(#[from] ServeError),
+}

@@ -7,9 +7,12 @@
 //! the pod's namespace, tests from a thread that `setns`'d into one.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
-use crate::dhcp::{Lease, ServeError, Server, longest_domain};
+pub use crate::Error;
+use crate::dhcp::{ExtraOptions, Lease, Server, longest_domain};
+use crate::sys::{
+    check_name, check_table, interface_ipv4, interface_mtu, ip, link_exists, nft, sysctl,
+};
 
 /// KubeVirt's bridge name for the pod interface `eth0`.
 pub const BRIDGE: &str = "k6t-eth0";
@@ -19,31 +22,6 @@ pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const PREFIX_LEN: u8 = 24;
 /// Our nftables table in the pod's namespace.
 pub const TABLE: &str = "kuvirt_masquerade";
-
-/// Why the binding could not be set up or torn down.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("interface name {0:?} is not 1..=15 of [A-Za-z0-9_.-]")]
-    Name(String),
-    #[error("nft table name {0:?} is not a letter then [A-Za-z0-9_], at most 64")]
-    Table(String),
-    #[error("{program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
-    #[error("{command}: {stderr}")]
-    Command { command: String, stderr: String },
-    #[error("sysctl {path}: {source}")]
-    Sysctl {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("no {what} on {ifname}")]
-    Discover { ifname: String, what: &'static str },
-    #[error("dhcp: {0}")]
-    Dhcp(#[from] ServeError),
-}
 
 /// A protocol of a declared port (KubeVirt's `ports[].protocol`, TCP by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,6 +83,8 @@ pub struct MasqueradeConfig {
     pub hostname: Option<String>,
     /// DHCP and bridge MTU; the pod interface's when `None`.
     pub mtu: Option<u16>,
+    /// `dhcpOptions` (PXE boot, NTP, private options).
+    pub extra: ExtraOptions,
     /// Our nftables table.
     pub table: String,
 }
@@ -127,6 +107,7 @@ impl MasqueradeConfig {
             search_domains: Vec::new(),
             hostname: None,
             mtu: None,
+            extra: ExtraOptions::default(),
             table: TABLE.into(),
         }
     }
@@ -152,6 +133,7 @@ impl MasqueradeConfig {
         lease.domain_name = longest_domain(&self.search_domains);
         lease.hostname = self.hostname.clone();
         lease.mtu = mtu;
+        self.extra.apply(&mut lease);
         lease
     }
 }
@@ -245,14 +227,19 @@ pub fn teardown(cfg: &MasqueradeConfig) -> Result<(), Error> {
 }
 
 /// Creates the tap QEMU opens for the guest (`ip tuntap add mode tap user UID`, persistent, so
-/// QEMU running as `owner_uid` can attach to it); an existing tap is kept.
-pub fn create_tap(name: &str, owner_uid: u32) -> Result<(), Error> {
+/// QEMU running as `owner_uid` can attach to it; `multi_queue` for a multiqueue virtio NIC); an
+/// existing tap is kept.
+pub fn create_tap(name: &str, owner_uid: u32, multi_queue: bool) -> Result<(), Error> {
     check_name(name)?;
     if !link_exists(name)? {
         let uid = owner_uid.to_string();
-        ip(&[
+        let mut args = vec![
             "tuntap", "add", "dev", name, "mode", "tap", "user", &uid, "vnet_hdr",
-        ])?;
+        ];
+        if multi_queue {
+            args.push("multi_queue");
+        }
+        ip(&args)?;
     }
     Ok(())
 }
@@ -269,110 +256,6 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<Ipv4Addr>, Vec<String>) {
         }
     }
     (dns, search)
-}
-
-fn check_name(name: &str) -> Result<(), Error> {
-    let ok = (1..=15).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        && !name.starts_with(['-', '.']);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Name(name.to_owned()))
-    }
-}
-
-/// nft identifiers: a letter, then letters, digits and `_`.
-fn check_table(name: &str) -> Result<(), Error> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Table(name.to_owned()))
-    }
-}
-
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-    use std::io::Write as _;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let spawn_err = |source| Error::Spawn {
-        program: program.to_owned(),
-        source,
-    };
-    let mut child = command.spawn().map_err(spawn_err)?;
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.unwrap_or_default().as_bytes())
-            .map_err(spawn_err)?;
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command: format!("{program} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> Result<String, Error> {
-    run("ip", args, None)
-}
-
-fn nft(script: &str) -> Result<(), Error> {
-    run("nft", &["-f", "-"], Some(script)).map(drop)
-}
-
-fn link_exists(name: &str) -> Result<bool, Error> {
-    let out = run("ip", &["-o", "link", "show"], None)?;
-    Ok(out.lines().any(|l| {
-        l.split(": ")
-            .nth(1)
-            .map(|n| n.split('@').next() == Some(name))
-            .unwrap_or(false)
-    }))
-}
-
-fn interface_mtu(ifname: &str) -> Result<u16, Error> {
-    let out = ip(&["-o", "link", "show", "dev", ifname])?;
-    let mut words = out.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "mtu")
-        .and_then(|_| words.next())
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| Error::Discover {
-            ifname: ifname.to_owned(),
-            what: "mtu",
-        })
-}
-
-fn interface_ipv4(ifname: &str) -> Result<Ipv4Addr, Error> {
-    let out = ip(&["-o", "-4", "addr", "show", "dev", ifname, "scope", "global"])?;
-    let mut words = out.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "inet")
-        .and_then(|_| words.next())
-        .and_then(|w| w.split('/').next())
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| Error::Discover {
-            ifname: ifname.to_owned(),
-            what: "IPv4 address",
-        })
-}
-
-fn sysctl(key: &str, value: &str) -> Result<(), Error> {
-    let path = format!("/proc/sys/{key}");
-    std::fs::write(&path, value).map_err(|source| Error::Sysctl { path, source })
 }
 
 #[cfg(test)]

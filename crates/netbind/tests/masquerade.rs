@@ -431,8 +431,8 @@ fn a_tap_for_qemu_goes_on_the_bridge() {
             .unwrap();
         rt.block_on(async move {
             // the veth called tap0 is in the way: a real tap under another name
-            masquerade::create_tap("tap1", 107).unwrap();
-            masquerade::create_tap("tap1", 107).unwrap();
+            masquerade::create_tap("tap1", 107, false).unwrap();
+            masquerade::create_tap("tap1", 107, false).unwrap();
             let mut cfg = config(vec![], vec![]);
             cfg.guest_interface = "tap1".into();
             cfg.pod_ip = Some(POD_IP);

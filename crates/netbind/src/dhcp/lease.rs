@@ -43,6 +43,26 @@ pub struct PrivateOption {
     pub value: String,
 }
 
+/// KubeVirt's `dhcpOptions` of an interface: what a binding adds to its lease (PXE boot, NTP,
+/// site-specific options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtraOptions {
+    pub boot_file_name: Option<String>,
+    pub tftp_server_name: Option<String>,
+    pub ntp_servers: Vec<Ipv4Addr>,
+    pub private_options: Vec<PrivateOption>,
+}
+
+impl ExtraOptions {
+    /// Puts these options into `lease`.
+    pub fn apply(&self, lease: &mut Lease) {
+        lease.boot_file_name = self.boot_file_name.clone();
+        lease.tftp_server_name = self.tftp_server_name.clone();
+        lease.ntp_servers = self.ntp_servers.clone();
+        lease.private_options = self.private_options.clone();
+    }
+}
+
 /// Everything the VM is told about its one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -9,8 +9,8 @@ mod respond;
 mod server;
 
 pub use lease::{
-    INFINITE_LEASE_SECS, KUBEVIRT_LEASE_SECS, Lease, LeaseError, PRIVATE_OPTION_CODES,
-    PrivateOption, Route, encode_search_domains, longest_domain,
+    ExtraOptions, INFINITE_LEASE_SECS, KUBEVIRT_LEASE_SECS, Lease, LeaseError,
+    PRIVATE_OPTION_CODES, PrivateOption, Route, encode_search_domains, longest_domain,
 };
 pub use respond::{MAX_REQUEST_LEN, MAX_REQUEST_OPTIONS, Reply, ReplyKind, answer, respond};
 pub use server::{Counters, SERVER_PORT, ServeError, Server, serve};
