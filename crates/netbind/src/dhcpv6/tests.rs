@@ -145,7 +145,7 @@ fn another_servers_id_gets_nothing() {
     let other = opt(2, &[0, 3, 0, 1, 2, 0, 0, 0, 0, 0x99]);
     for t in [1u8, 3, 4, 5, 6, 8, 11] {
         assert_eq!(
-            respond(&lease(), &message(t, &[other.clone()])),
+            respond(&lease(), &message(t, std::slice::from_ref(&other))),
             None,
             "{t}"
         );
@@ -192,7 +192,7 @@ fn ignored_messages() {
         vec![1, 2, 3],
         message(2, &[]),                                  // ADVERTISE
         message(7, &[]),                                  // REPLY
-        message(9, &[sid.clone()]),                       // DECLINE
+        message(9, std::slice::from_ref(&sid)),           // DECLINE
         message(10, &[]),                                 // RECONFIGURE
         message(12, &[]),                                 // RELAY-FORW
         message(13, &[]),                                 // RELAY-REPL
