@@ -4,7 +4,7 @@
 //! Markers the guest prints (one a line, on ttyS0):
 //! `kuvirt-guest: booted`, `hostname=NAME`, `userdata-sha256=HEX`, `ssh-key=KEY`,
 //! `cloudinit=nocloud|configdrive|none`, `dhcp iface=IF ip=A/N gw=G dns=D[,D] [boot=..] [tftp=..]
-//! [siaddr=..] [ntp=..] [mtu=..] mac=XX:XX:XX:XX:XX:XX` (the interface's MAC, lower-case) or
+//! [siaddr=..] [ntp=..] [hostname=..] [mtu=..] mac=XX:XX:XX:XX:XX:XX` (the interface's MAC, lower-case) or
 //! `dhcp iface=IF failed`, `metadata-hostname=NAME` or
 //! `metadata failed` (with `kuvirt.metadata=1` on the kernel command line, which reads
 //! `http://169.254.169.254/openstack/latest/meta_data.json`; `kuvirt.metadata_url=BASE` reads

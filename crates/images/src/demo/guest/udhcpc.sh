@@ -31,6 +31,7 @@ bound|renew)
     [ -n "$tftp" ] && line="$line tftp=$tftp"
     [ -n "$siaddr" ] && [ "$siaddr" != 0.0.0.0 ] && line="$line siaddr=$siaddr"
     [ -n "$ntpsrv" ] && line="$line ntp=$(echo $ntpsrv | tr ' ' ,)"
+    [ -n "$hostname" ] && line="$line hostname=$hostname"
     [ -n "$mtu" ] && line="$line mtu=$mtu"
     read -r mac <"/sys/class/net/$interface/address" && line="$line mac=$mac"
     echo "$line" >/dev/console

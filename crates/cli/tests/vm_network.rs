@@ -1,0 +1,230 @@
+//! The pod network as the guest sees it, through `kuvirt server` (one node, its own pod
+//! network): masquerade (the guest leases 10.0.2.2 from our DHCP server, the host reaches a
+//! declared port at the pod IP and is refused on another, the guest reaches a host service
+//! through NAT and is seen as the pod IP) and bridge (the guest leases the pod IP itself, with
+//! the pod's gateway and DNS, and the host reaches its HTTP server there). What is asserted is
+//! what the guest prints on its console and what answers on the wire.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::plane::{Plane, halt, serial_log, until};
+use common::*;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::PostParams;
+use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// A VM booting the demo guest's kernel (so the test can pass kernel arguments) with one pod
+/// interface: `iface` is the interface's JSON (binding, ports, ...).
+fn vm(name: &str, iface: serde_json::Value, kernel_args: &str) -> VirtualMachine {
+    let guest = demo_guest();
+    let mut iface = iface;
+    iface["name"] = "default".into();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "domain": {
+                "firmware": {"kernelBoot": {
+                    "kernelArgs": format!("console=ttyS0 loglevel=1 {kernel_args}"),
+                    "container": {"image": format!("oci:{}:kernel", guest.join("oci").display()),
+                                  "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img"}}},
+                "devices": {"interfaces": [iface]},
+                "resources": {"requests": {"memory": "256Mi"}}},
+            "networks": [{"name": "default", "pod": {}}],
+            "terminationGracePeriodSeconds": 10}}}
+    }))
+    .unwrap()
+}
+
+/// The guest's console line starting with `prefix`, once it is there.
+async fn guest_line(state: &std::path::Path, name: &str, prefix: &str) -> String {
+    let prefix = format!("kuvirt-guest: {prefix}");
+    until(&format!("{name}: {prefix}"), BOOT, async || {
+        serial_log(state, "default", name)
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .find(|l| l.starts_with(&prefix))
+            .map(str::to_owned)
+    })
+    .await
+}
+
+/// The VMI's pod-network interface once it runs: (ipAddress, mac).
+async fn interface(vmis: &Api<VirtualMachineInstance>, name: &str) -> (Ipv4Addr, String) {
+    until(&format!("{name}'s interface"), BOOT, async || {
+        let vmi = vmis.get(name).await.ok()?;
+        let i = vmi.status?.interfaces.into_iter().next()?;
+        Some((i.ip_address?.parse().ok()?, i.mac?))
+    })
+    .await
+}
+
+/// `GET /` over plain TCP: the response body.
+fn http_get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+/// The node's pod CIDR gateway (the node bridge's address), once the controller assigned it.
+async fn node_gateway(client: kube::Client, node: &str) -> Ipv4Addr {
+    let nodes: Api<Node> = Api::all(client);
+    until("the node's pod CIDR", Duration::from_secs(30), async || {
+        let cidr = nodes.get(node).await.ok()?.spec?.pod_cidr?;
+        let net: Ipv4Addr = cidr.split('/').next()?.parse().ok()?;
+        Some(Ipv4Addr::from(u32::from(net) + 1))
+    })
+    .await
+}
+
+/// The pod's resolv.conf name servers (the sandbox writes it from the host's).
+fn pod_dns() -> String {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An HTTP server on the host answering every request with an OpenStack meta_data.json whose
+/// hostname is `hostname`, recording who asked.
+fn host_service(hostname: &str) -> (u16, Arc<Mutex<Vec<SocketAddr>>>) {
+    // Any address: the node bridge comes up with the first pod.
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let body = format!("{{\"hostname\": \"{hostname}\"}}");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            if let Ok(peer) = c.peer_addr() {
+                seen.lock().unwrap().push(peer);
+            }
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masquerade_nat_declared_ports_and_dhcp() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let gateway = node_gateway(client, &plane.node).await;
+    let (port, peers) = host_service("seen-through-nat");
+
+    let spec = vm(
+        "masq",
+        serde_json::json!({"masquerade": {}, "ports": [{"name": "http", "port": 80}]}),
+        &format!("kuvirt.metadata_url=http://{gateway}:{port}"),
+    );
+    vms.create(&PostParams::default(), &spec).await.unwrap();
+    let (pod_ip, mac) = interface(&vmis, "masq").await;
+    assert!(
+        pod_ip.to_string().starts_with(&plane.net.prefix()),
+        "{pod_ip}"
+    );
+
+    // Our DHCP server: KubeVirt's masquerade addresses, the pod's DNS, the VMI's MAC.
+    let lease = guest_line(state, "masq", "dhcp iface=eth0").await;
+    let want = format!(
+        "kuvirt-guest: dhcp iface=eth0 ip=10.0.2.2/24 gw=10.0.2.1 dns={}",
+        pod_dns()
+    );
+    assert!(lease.starts_with(&want), "{lease}\nwanted {want}");
+    assert!(lease.contains(" hostname=masq "), "{lease}");
+    assert!(lease.ends_with(&format!("mac={mac}")), "{lease}");
+
+    // Out: the guest fetched from the host, which saw the pod IP (SNAT).
+    assert_eq!(
+        guest_line(state, "masq", "metadata").await,
+        "kuvirt-guest: metadata-hostname=seen-through-nat"
+    );
+    let seen: Vec<_> = peers.lock().unwrap().iter().map(|p| p.ip()).collect();
+    assert_eq!(seen, vec![std::net::IpAddr::V4(pod_ip)]);
+
+    // In: the declared port reaches the guest's httpd; an undeclared one is refused by the pod.
+    guest_line(state, "masq", "ready").await;
+    let body = until(
+        "the guest's HTTP answer",
+        Duration::from_secs(30),
+        async || http_get(SocketAddr::from((pod_ip, 80))).ok(),
+    )
+    .await;
+    assert!(body.starts_with("kuvirt-guest "), "{body}");
+    let refused =
+        TcpStream::connect_timeout(&SocketAddr::from((pod_ip, 22)), Duration::from_secs(5))
+            .map(drop)
+            .map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+
+    halt(&vms, &["masq"], state).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_hands_the_pod_ip_to_the_guest() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let gateway = node_gateway(client, &plane.node).await;
+
+    vms.create(
+        &PostParams::default(),
+        &vm("br", serde_json::json!({"bridge": {}}), ""),
+    )
+    .await
+    .unwrap();
+    let (pod_ip, mac) = interface(&vmis, "br").await;
+
+    // The guest leased exactly the pod IP, the pod's gateway and DNS, from our DHCP server.
+    let lease = guest_line(state, "br", "dhcp iface=eth0").await;
+    let want = format!(
+        "kuvirt-guest: dhcp iface=eth0 ip={pod_ip}/24 gw={gateway} dns={}",
+        pod_dns()
+    );
+    assert!(lease.starts_with(&want), "{lease}\nwanted {want}");
+    assert!(lease.contains(" hostname=br "), "{lease}");
+    assert!(lease.ends_with(&format!("mac={mac}")), "{lease}");
+
+    // The host reaches the guest's own HTTP server at the pod IP, on any port it serves.
+    guest_line(state, "br", "ready").await;
+    let body = until(
+        "the guest's HTTP answer",
+        Duration::from_secs(30),
+        async || http_get(SocketAddr::from((pod_ip, 80))).ok(),
+    )
+    .await;
+    assert!(body.starts_with("kuvirt-guest "), "{body}");
+
+    halt(&vms, &["br"], state).await;
+}
