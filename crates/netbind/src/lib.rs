@@ -4,6 +4,7 @@
 pub mod bridge;
 pub mod dhcp;
 pub mod masquerade;
+pub mod metadata;
 pub mod nft;
 mod sys;
 
