@@ -16,6 +16,14 @@ pub const INIT_SCRIPT: &str = include_str!("guest/init.sh");
 pub const UDHCPC_SCRIPT: &str = include_str!("guest/udhcpc.sh");
 /// The ACPI power-button action, installed as `/etc/acpi/PWRF/00000080`.
 pub const POWEROFF_SCRIPT: &str = include_str!("guest/poweroff.sh");
+/// dhcpcd's hook, installed as `/etc/dhcpcd.hook` (IPv6 with `kuvirt.dhcp6=1`).
+pub const DHCPCD_HOOK: &str = include_str!("guest/dhcpcd-hook.sh");
+/// dhcpcd's configuration, installed as `/etc/dhcpcd.conf`: IPv6 only, an IA_NA, rapid commit
+/// offered, and the configuration kept when the one-shot run exits.
+pub const DHCPCD_CONF: &str = "ipv6only\npersistent\nia_na\noption rapid_commit\n";
+/// The guest's DHCPv6 client: the host's dhcpcd (Debian package dhcpcd-base), copied with the
+/// shared libraries `ldd` lists. Busybox has no DHCPv6 client in Debian's builds.
+pub const DHCPCD: &str = "/usr/sbin/dhcpcd";
 
 /// Busybox applets the scripts use (and a few handy ones on a console), linked in `/bin`.
 pub const APPLETS: &[&str] = &[
@@ -61,6 +69,29 @@ pub const APPLETS: &[&str] = &[
     "umount",
     "uname",
     "wget",
+];
+
+/// Directories every image has.
+const IMAGE_DIRS: &[&str] = &[
+    "bin",
+    "dev",
+    "etc",
+    "etc/acpi",
+    "etc/acpi/PWRF",
+    "lib",
+    "lib/modules",
+    "mnt",
+    "mnt/ci",
+    "proc",
+    "run",
+    "sys",
+    "tmp",
+    "var",
+    "var/lib",
+    "var/lib/dhcpcd",
+    "var/log",
+    "var/run",
+    "www",
 ];
 
 /// A module the guest wants: its name and whether the build fails without it.
@@ -138,25 +169,7 @@ pub fn build(busybox: &Path, modules_dir: &Path, modules: &[String]) -> Result<V
     let busybox_bin = std::fs::read(busybox).map_err(|e| DemoError::io(busybox, e))?;
     let gz = GzEncoder::new(Vec::new(), Compression::fast());
     let mut w = CpioWriter::new(gz);
-    for dir in [
-        "bin",
-        "dev",
-        "etc",
-        "etc/acpi",
-        "etc/acpi/PWRF",
-        "lib",
-        "lib/modules",
-        "mnt",
-        "mnt/ci",
-        "proc",
-        "run",
-        "sys",
-        "tmp",
-        "var",
-        "var/log",
-        "var/run",
-        "www",
-    ] {
+    for dir in IMAGE_DIRS {
         w.dir(dir, 0o755).map_err(io)?;
     }
     w.char_dev("dev/console", 0o600, 5, 1).map_err(io)?;
@@ -172,6 +185,7 @@ pub fn build(busybox: &Path, modules_dir: &Path, modules: &[String]) -> Result<V
         .map_err(io)?;
     w.file("etc/hostname", 0o644, b"kuvirt-guest\n")
         .map_err(io)?;
+    add_dhcpcd(&mut w, Path::new(DHCPCD))?;
 
     let mut made = std::collections::BTreeSet::new();
     let mut order = String::new();
@@ -205,4 +219,100 @@ pub fn build(busybox: &Path, modules_dir: &Path, modules: &[String]) -> Result<V
     let mut gz = w.finish().map_err(io)?;
     gz.flush().map_err(io)?;
     gz.finish().map_err(io)
+}
+
+/// Puts dhcpcd, its libraries (at their host paths), config and hook into the image; without
+/// dhcpcd on the host the guest reports `dhcp6 ... failed` when asked for DHCPv6.
+fn add_dhcpcd<W: Write>(w: &mut CpioWriter<W>, dhcpcd: &Path) -> Result<(), DemoError> {
+    let io = |e| DemoError::io(Path::new("initramfs"), e);
+    if !dhcpcd.is_file() {
+        tracing::warn!(path = %dhcpcd.display(), "no dhcpcd: the demo guest has no DHCPv6 client");
+        return Ok(());
+    }
+    let out = std::process::Command::new("ldd")
+        .arg(dhcpcd)
+        .output()
+        .map_err(|source| DemoError::Spawn {
+            command: "ldd".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DemoError::Command {
+            command: format!("ldd {}", dhcpcd.display()),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let mut files = vec![dhcpcd.to_path_buf()];
+    files.extend(ldd_paths(&String::from_utf8_lossy(&out.stdout)));
+    let mut made: std::collections::BTreeSet<String> =
+        IMAGE_DIRS.iter().map(|d| (*d).to_owned()).collect();
+    for path in &files {
+        let Some(rel) = path.to_str().and_then(|p| p.strip_prefix('/')) else {
+            continue;
+        };
+        // each parent directory the image lacks, outermost first
+        let mut prefix = String::new();
+        if let Some((dirs, _)) = rel.rsplit_once('/') {
+            for part in dirs.split('/') {
+                prefix = if prefix.is_empty() {
+                    part.to_owned()
+                } else {
+                    format!("{prefix}/{part}")
+                };
+                if made.insert(prefix.clone()) {
+                    w.dir(&prefix, 0o755).map_err(io)?;
+                }
+            }
+        }
+        // symlinks (ld-linux) are followed: the image gets the file itself
+        let data = std::fs::read(path).map_err(|e| DemoError::io(path, e))?;
+        w.file(rel, 0o755, &data).map_err(io)?;
+    }
+    w.file("etc/dhcpcd.conf", 0o644, DHCPCD_CONF.as_bytes())
+        .map_err(io)?;
+    w.file("etc/dhcpcd.hook", 0o755, DHCPCD_HOOK.as_bytes())
+        .map_err(io)?;
+    w.symlink("bin/dhcpcd", &format!("..{DHCPCD}"))
+        .map_err(io)?;
+    Ok(())
+}
+
+/// The absolute library paths in `ldd` output (`name => /path (addr)` and `/path (addr)`
+/// lines; the vDSO and unresolved names are skipped).
+pub fn ldd_paths(output: &str) -> Vec<std::path::PathBuf> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.trim(),
+                None => line,
+            };
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/')
+                .then(|| std::path::PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f00)\n\
+                   \tlibfl.so.2 => not found\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f01)\n";
+        assert_eq!(
+            ldd_paths(out),
+            vec![
+                std::path::PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                std::path::PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
 }

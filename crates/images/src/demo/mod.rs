@@ -5,7 +5,10 @@
 //! `kuvirt-guest: booted`, `hostname=NAME`, `userdata-sha256=HEX`, `ssh-key=KEY`,
 //! `cloudinit=nocloud|configdrive|none`, `dhcp iface=IF ip=A/N gw=G dns=D[,D] [boot=..] [tftp=..]
 //! [siaddr=..] [ntp=..] [hostname=..] [mtu=..] mac=XX:XX:XX:XX:XX:XX` (the interface's MAC, lower-case) or
-//! `dhcp iface=IF failed`, `metadata-hostname=NAME` or
+//! `dhcp iface=IF failed`, with `kuvirt.dhcp6=1` on the kernel command line also
+//! `dhcp6 iface=IF ip=ADDR/PREFIX gw=GW` (dhcpcd's DHCPv6 address, the on-link prefix and the
+//! default router, a link-local address, from router advertisements) or `dhcp6 iface=IF failed`
+//! (after up to 15 s; needs dhcpcd-base on the build host), `metadata-hostname=NAME` or
 //! `metadata failed` (with `kuvirt.metadata=1` on the kernel command line, which reads
 //! `http://169.254.169.254/openstack/latest/meta_data.json`; `kuvirt.metadata_url=BASE` reads
 //! another base URL), `ready`, `heartbeat N` every second, and `poweroff` when the ACPI power

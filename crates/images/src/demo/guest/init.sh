@@ -92,6 +92,33 @@ for path in /sys/class/net/*; do
         say "dhcp iface=$ifc failed"
 done
 
+# IPv6 with kuvirt.dhcp6=1: dhcpcd solicits a router advertisement, then (M flag) DHCPv6.
+# The address is a /128; the prefix shown is the on-link route the advertisement installed.
+dhcp6=
+for arg in $(cat /proc/cmdline); do
+    [ "$arg" = kuvirt.dhcp6=1 ] && dhcp6=1
+done
+if [ -n "$dhcp6" ]; then
+    for path in /sys/class/net/*; do
+        ifc=${path##*/}
+        [ "$ifc" = lo ] && continue
+        rm -f "/run/dhcp6.$ifc"
+        dhcpcd -f /etc/dhcpcd.conf -c /etc/dhcpcd.hook -1 -6 -t 15 "$ifc" >/dev/null 2>&1
+        addr=
+        [ -f "/run/dhcp6.$ifc" ] && read -r addr <"/run/dhcp6.$ifc"
+        if [ -z "$addr" ]; then
+            say "dhcp6 iface=$ifc failed"
+            continue
+        fi
+        prefix=128
+        for r in $(ip -6 route show dev "$ifc" | sed -n 's|^\([0-9a-f:]*/[0-9]*\) .*|\1|p'); do
+            case "$r" in fe80:*) ;; *) prefix=${r#*/} ;; esac
+        done
+        gw=$(ip -6 route show default dev "$ifc" | sed -n 's/^default via \([^ ]*\).*/\1/p' | head -n 1)
+        say "dhcp6 iface=$ifc ip=$addr/$prefix gw=$gw"
+    done
+fi
+
 # Metadata service (OpenStack layout): kuvirt.metadata=1 uses 169.254.169.254,
 # kuvirt.metadata_url=http://HOST[:PORT] another base URL.
 md_base=
