@@ -3,8 +3,10 @@
 
 pub mod bridge;
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod masquerade;
 pub mod metadata;
+pub mod ndp;
 pub mod nft;
 mod sys;
 
