@@ -138,8 +138,30 @@ pub fn validate_vmi(vmi: &VirtualMachineInstance) -> Result<(), FieldErrors> {
             "name or generateName is required",
         );
     }
+    validate_ip_annotation(&FieldPath::new("metadata"), meta, &mut errs);
     validate_vmi_spec(&FieldPath::new("spec"), &vmi.spec, &mut errs);
     errs.into_result()
+}
+
+/// `kuvirt.io/ip`, when present, is one IPv4 address.
+fn validate_ip_annotation(
+    path: &FieldPath,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    errs: &mut FieldErrors,
+) {
+    let ip = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::v1::IP_ANNOTATION));
+    if let Some(ip) = ip
+        && ip.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        errs.push(
+            &path.child("annotations").key(crate::v1::IP_ANNOTATION),
+            FieldErrorKind::Invalid,
+            format!("{ip:?} is not an IPv4 address"),
+        );
+    }
 }
 
 /// Validates a VirtualMachine: run strategy, template presence, and the template's VMI spec
@@ -195,12 +217,20 @@ pub fn validate_vm(vm: &VirtualMachine) -> Result<(), FieldErrors> {
             Required,
             "missing virtual machine template",
         ),
-        Some(t) => validate_vmi_spec(
-            &spec_path.child("template").child("spec"),
-            &t.spec,
-            &mut errs,
-        ),
+        Some(t) => {
+            validate_ip_annotation(
+                &spec_path.child("template").child("metadata"),
+                &t.metadata,
+                &mut errs,
+            );
+            validate_vmi_spec(
+                &spec_path.child("template").child("spec"),
+                &t.spec,
+                &mut errs,
+            )
+        }
     }
+    validate_ip_annotation(&FieldPath::new("metadata"), meta, &mut errs);
     errs.into_result()
 }
 

@@ -228,3 +228,126 @@ async fn bridge_hands_the_pod_ip_to_the_guest() {
 
     halt(&vms, &["br"], state).await;
 }
+
+/// Sets the VM's run strategy.
+async fn run_strategy(vms: &Api<VirtualMachine>, name: &str, strategy: &str) {
+    vms.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"runStrategy": strategy}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// The VM's `kuvirt.io/ip`, once it has one.
+async fn sticky_ip(vms: &Api<VirtualMachine>, name: &str) -> Ipv4Addr {
+    until(&format!("{name}'s kuvirt.io/ip"), BOOT, async || {
+        vms.get(name)
+            .await
+            .ok()?
+            .metadata
+            .annotations?
+            .get("kuvirt.io/ip")?
+            .parse()
+            .ok()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let gateway = node_gateway(client, &plane.node).await;
+
+    // A VM's first address is written on the VM (the lease in the store).
+    vms.create(
+        &PostParams::default(),
+        &vm("sticky", serde_json::json!({"bridge": {}}), ""),
+    )
+    .await
+    .unwrap();
+    let (first, _) = interface(&vmis, "sticky").await;
+    assert_eq!(sticky_ip(&vms, "sticky").await, first);
+    guest_line(state, "sticky", "ready").await;
+    let first_uid = vmis.get("sticky").await.unwrap().metadata.uid;
+
+    // A VM asking for a fixed address of the node's pod CIDR gets it; the guest leases it.
+    let wanted = Ipv4Addr::from(u32::from(gateway) + 100);
+    let mut fixed = vm("fixed", serde_json::json!({"bridge": {}}), "");
+    fixed.metadata.annotations = Some([("kuvirt.io/ip".to_owned(), wanted.to_string())].into());
+    vms.create(&PostParams::default(), &fixed).await.unwrap();
+    assert_eq!(interface(&vmis, "fixed").await.0, wanted);
+    let lease = guest_line(state, "fixed", "dhcp iface=eth0").await;
+    assert!(lease.contains(&format!(" ip={wanted}/24 ")), "{lease}");
+
+    // Stopped, the sticky address stays the VM's: a new VM gets another one...
+    run_strategy(&vms, "sticky", "Halted").await;
+    until("sticky's VMI gone", BOOT, async || {
+        vmis.get_opt("sticky")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    vms.create(
+        &PostParams::default(),
+        &vm("other", serde_json::json!({"bridge": {}}), ""),
+    )
+    .await
+    .unwrap();
+    let (other, _) = interface(&vmis, "other").await;
+    assert_ne!(other, first);
+    // ...and started again, the VM has it back (a new VMI, the same lease in the guest).
+    run_strategy(&vms, "sticky", "Always").await;
+    let (again, _) = until("sticky's new VMI", BOOT, async || {
+        let v = vmis.get_opt("sticky").await.ok()??;
+        (v.metadata.uid != first_uid).then_some(())?;
+        let i = v.status?.interfaces.into_iter().next()?;
+        Some((i.ip_address?.parse::<Ipv4Addr>().ok()?, ()))
+    })
+    .await;
+    assert_eq!(again, first);
+    until("the restarted guest's lease", BOOT, async || {
+        let log = serial_log(state, "default", "sticky");
+        (log.matches(&format!("kuvirt-guest: dhcp iface=eth0 ip={first}/24 "))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // An address another VM holds is refused with the reason.
+    let mut taken = vm("taken", serde_json::json!({"bridge": {}}), "");
+    // Once: the failed VMI stays to be looked at (Always would start it again).
+    taken.spec.run_strategy = Some(kuvirt_api::v1::RunStrategy::Once);
+    taken.metadata.annotations = Some([("kuvirt.io/ip".to_owned(), first.to_string())].into());
+    vms.create(&PostParams::default(), &taken).await.unwrap();
+    let reason = until("taken's refusal", BOOT, async || {
+        let st = vmis.get_opt("taken").await.ok()??.status?;
+        (st.phase?.as_str() == "Failed").then_some(())?;
+        let c = st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_.as_str() == "Ready")?;
+        Some((st.reason?, c.message?))
+    })
+    .await;
+    assert_eq!(reason.0, "PodIPUnavailable");
+    assert!(
+        reason
+            .1
+            .contains(&format!("the requested pod IP {first} cannot be had")),
+        "{}",
+        reason.1
+    );
+
+    run_strategy(&vms, "taken", "Halted").await;
+    halt(&vms, &["sticky", "fixed", "other"], state).await;
+}

@@ -97,6 +97,27 @@ fn tolerated(taint: &k8s_openapi::api::core::v1::Taint, tolerations: &[Toleratio
     })
 }
 
+fn pod_cidrs(spec: &k8s_openapi::api::core::v1::NodeSpec) -> Vec<String> {
+    let mut out = spec.pod_cidrs.clone().unwrap_or_default();
+    out.extend(spec.pod_cidr.clone());
+    out
+}
+
+/// Whether IPv4 CIDR `cidr` (`A.B.C.D/N`) contains `ip`.
+fn cidr_contains(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    if len > 32 {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(net) & mask == u32::from(ip) & mask
+}
+
 fn terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -118,6 +139,14 @@ pub fn pick(
     let (want_mem, want_cpu) = requests(pod);
     let live: Vec<&Pod> = placed.iter().filter(|p| !terminal(p)).collect();
     let inter_pod = InterPod::new(pod, nodes, &live, namespaces);
+    // A sticky or requested pod IP (`kuvirt.io/ip`) can only be had on the node whose pod CIDR
+    // holds it.
+    let requested_ip = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kuvirt_api::v1::IP_ANNOTATION))
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
     let mut reasons = Vec::new();
     // (preferred pod affinity score, free memory, name)
     let mut best: Option<(i64, u64, String)> = None;
@@ -131,6 +160,15 @@ pub fn pick(
         }
         if nspec.unschedulable == Some(true) {
             reasons.push(format!("{name}: unschedulable"));
+            continue;
+        }
+        if let Some(ip) = requested_ip
+            && !pod_cidrs(&nspec).iter().any(|c| cidr_contains(c, ip))
+        {
+            reasons.push(format!(
+                "{name}: its pod CIDR does not contain the requested IP {ip} ({})",
+                kuvirt_api::v1::IP_ANNOTATION
+            ));
             continue;
         }
         if let Some(sel) = &spec.node_selector
@@ -247,6 +285,32 @@ mod tests {
         assert!(err.to_string().contains("insufficient memory"), "{err}");
         // Overcommit lets requests exceed physical memory.
         assert!(pick(&pod("3Gi", json!({}), None), &nodes, &[], &[], 200).is_ok());
+    }
+
+    #[test]
+    fn a_requested_ip_picks_the_node_whose_pod_cidr_holds_it() {
+        let mut nodes = [
+            node("a", "1Gi", json!({}), true),
+            node("b", "2Gi", json!({}), true),
+        ];
+        for (n, cidr) in nodes.iter_mut().zip(["10.1.0.0/24", "10.1.1.0/24"]) {
+            n.spec = Some(serde_json::from_value(json!({"podCIDR": cidr})).unwrap());
+        }
+        let mut p = pod("100Mi", json!({}), None);
+        let mut want = |ip: &str| {
+            p.metadata.annotations = Some([("kuvirt.io/ip".to_owned(), ip.to_owned())].into());
+            pick(&p, &nodes, &[], &[], 100)
+        };
+        assert_eq!(want("10.1.0.9").unwrap(), "a");
+        assert_eq!(want("10.1.1.9").unwrap(), "b");
+        let err = want("10.9.0.1").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not contain the requested IP 10.9.0.1"),
+            "{err}"
+        );
+        assert!(cidr_contains("0.0.0.0/0", "1.2.3.4".parse().unwrap()));
+        assert!(!cidr_contains("10.1.0.0/33", "10.1.0.1".parse().unwrap()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The node agent (KubeVirt's virt-handler): registers this host as a Node, keeps it Ready, and
 //! runs the launcher pods placed on it, reporting their VMIs' state.
 
+pub mod addresses;
 pub mod endpoint;
 pub mod images;
 pub mod join;

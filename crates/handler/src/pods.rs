@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::Error;
+use crate::addresses;
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::ipam::Cidr;
 use crate::sandbox::{self, Sandbox, SandboxConfig, apiproxy};
@@ -513,11 +514,38 @@ async fn start(
         return Err(Error::Pod(format!("{ns}/{vmi}: {why}")));
     }
     let limits = Limits::from_pod(pod);
-    let sb = blocking({
+    // The pod IP: the VM's sticky or requested one (`kuvirt.io/ip`), else a new one no other VM
+    // keeps.
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
+    let vmi_obj = vmis
+        .get_opt(&vmi)
+        .await
+        .ok()
+        .flatten()
+        .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
+    let want = match addresses::request(client, pod, &ns, vmi_obj.as_ref()).await {
+        Ok(w) => w,
+        Err(why) => {
+            return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
+        }
+    };
+    let created = tokio::task::spawn_blocking({
         let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
-        move || sandbox::create(&sbc, cidr, &uid, &limits)
+        move || sandbox::create(&sbc, cidr, &uid, &limits, &want)
     })
-    .await?;
+    .await
+    .map_err(|e| Error::Pod(format!("sandbox task: {e}")))?;
+    let sb = match created {
+        Ok(sb) => sb,
+        Err(e @ sandbox::SandboxError::IpRequest { .. }) => {
+            let why = e.to_string();
+            return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
+        }
+        Err(e) => return Err(Error::Pod(format!("sandbox: {e}"))),
+    };
+    if let Some(v) = &vmi_obj {
+        addresses::record(client, &ns, v, sb.ip).await;
+    }
     let undo = |e: Error| {
         let (sbc, uid) = (net.sandbox.clone(), uid.clone());
         async move {
@@ -662,6 +690,22 @@ async fn pull_images(
 
 /// A pod that never got to start its launcher: the pod and its VMI fail with `reason` (the VM
 /// controller's start-failure backoff decides when to try again).
+/// A pod whose requested address cannot be had fails with the reason, as a failed pull does.
+async fn refuse_address(
+    client: &kube::Client,
+    log: &std::fs::File,
+    ns: &str,
+    pod_name: &str,
+    vmi: &str,
+    vmi_uid: &str,
+    why: &str,
+) -> Error {
+    use std::io::Write as _;
+    let _ = writeln!(&*log, "error: {why}");
+    fail_before_start(client, ns, pod_name, vmi, vmi_uid, "PodIPUnavailable", why).await;
+    Error::Pod(format!("{ns}/{vmi}: {why}"))
+}
+
 async fn fail_before_start(
     client: &kube::Client,
     ns: &str,
@@ -751,9 +795,6 @@ struct PodSandbox {
     proxy: Option<JoinHandle<()>>,
 }
 
-/// The VMI's pod-network interfaces as the domain has them: KubeVirt's
-/// `VirtualMachineInstanceNetworkInterface` with the pod IP (the guest still sits behind QEMU's
-/// user-mode network inside the pod, so the pod IP is the one the VM is reached at).
 /// The launcher's last `error:` line (what it printed before it exited), if any.
 fn launcher_error(vm_dir: &std::path::Path) -> Option<String> {
     let log = std::fs::read_to_string(vm_dir.join("launcher.log")).ok()?;
@@ -789,6 +830,9 @@ fn running_status(vmi: &VirtualMachineInstance) -> serde_json::Value {
     v
 }
 
+/// The VMI's pod-network interfaces as the domain has them: KubeVirt's
+/// `VirtualMachineInstanceNetworkInterface` with the pod IP, which the VM is reached at with
+/// either binding (behind masquerade NAT, or the guest's own address on a bridge).
 fn pod_interfaces(
     vmi: &VirtualMachineInstance,
     ip: Ipv4Addr,

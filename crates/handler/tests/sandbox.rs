@@ -114,7 +114,7 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
         cpu_request_millis: Some(500),
         cpu_limit_millis: Some(1000),
     };
-    let a = sandbox::create(cfg, node.cidr, UID_A, &limits).unwrap();
+    let a = sandbox::create(cfg, node.cidr, UID_A, &limits, &Default::default()).unwrap();
     assert_eq!(a.netns, "kvtest1-0a1b2c3d4e5f");
     assert_eq!(a.gateway, Ipv4Addr::new(10, 251, 1, 1));
     assert!(node.cidr.contains(a.ip) && a.ip != a.gateway);
@@ -184,7 +184,7 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
     }
 
     // Idempotent: making it again keeps everything, the address included.
-    let again = sandbox::create(cfg, node.cidr, UID_A, &limits).unwrap();
+    let again = sandbox::create(cfg, node.cidr, UID_A, &limits, &Default::default()).unwrap();
     assert_eq!(again, a);
     assert_eq!(eth0_addresses(&a.netns).len(), 1);
     assert_eq!(
@@ -193,7 +193,14 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
     );
 
     // A second pod: another address, and the two reach each other over the bridge.
-    let b = sandbox::create(cfg, node.cidr, UID_B, &Limits::default()).unwrap();
+    let b = sandbox::create(
+        cfg,
+        node.cidr,
+        UID_B,
+        &Limits::default(),
+        &Default::default(),
+    )
+    .unwrap();
     assert_ne!(a.ip, b.ip);
     assert!(ping(Some(&b.netns), a.ip), "pod → pod");
     let mut listed = sandbox::list(cfg).unwrap();
@@ -228,7 +235,14 @@ fn a_half_made_sandbox_is_cleaned_up() {
     // No node set-up: the bridge is missing, so attaching the veth fails part way.
     let node = Node::new(2);
     let cfg = &node.cfg;
-    let err = sandbox::create(cfg, node.cidr, UID_A, &Limits::default()).unwrap_err();
+    let err = sandbox::create(
+        cfg,
+        node.cidr,
+        UID_A,
+        &Limits::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
     match &err {
         SandboxError::Command { cmd, stderr } => {
             assert!(cmd.starts_with("ip "), "{cmd}");
@@ -260,7 +274,14 @@ fn a_half_made_sandbox_is_cleaned_up() {
 fn a_launcher_in_the_namespace_joins_its_cgroup_and_reaches_the_loopback_api_server() {
     let node = Node::up(3);
     let cfg = &node.cfg;
-    let s = sandbox::create(cfg, node.cidr, UID_A, &Limits::default()).unwrap();
+    let s = sandbox::create(
+        cfg,
+        node.cidr,
+        UID_A,
+        &Limits::default(),
+        &Default::default(),
+    )
+    .unwrap();
 
     // What `kuvirt launcher --cgroup DIR` does, from where `ip netns exec` puts it.
     let mut script = String::new();
@@ -376,7 +397,14 @@ fn node_set_up_is_idempotent_opens_a_dropping_forward_chain_and_its_teardown_is_
     if let Some(gw) = default_gateway()
         && ping(None, gw)
     {
-        let s = sandbox::create(cfg, node.cidr, UID_A, &Limits::default()).unwrap();
+        let s = sandbox::create(
+            cfg,
+            node.cidr,
+            UID_A,
+            &Limits::default(),
+            &Default::default(),
+        )
+        .unwrap();
         assert!(
             ping(Some(&s.netns), gw),
             "forwarded past the host's drop policy"

@@ -30,5 +30,10 @@ pub const VERSION: &str = "v1";
 /// `apiVersion` value of every object in this module.
 pub const API_VERSION: &str = "kubevirt.io/v1";
 
+/// kuvirt's sticky pod IP of a VM (or a VMI): set by the user to ask for an address, written by
+/// the node agent with the address a VM first got, so it keeps it across stop/start. A VM's
+/// annotation is copied to each VMI it starts, and a VMI's to its launcher pod.
+pub const IP_ANNOTATION: &str = "kuvirt.io/ip";
+
 /// Fields of a JSON object that this crate does not model; written back unchanged.
 pub type Extra = serde_json::Map<String, serde_json::Value>;

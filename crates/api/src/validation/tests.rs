@@ -717,6 +717,32 @@ fn vm_rules() {
 }
 
 #[test]
+fn sticky_ip_annotation_is_an_ipv4_address() {
+    let ann = |ip: &str| Some([(crate::v1::IP_ANNOTATION.to_owned(), ip.to_owned())].into());
+    let mut v = base();
+    v.metadata.annotations = ann("10.244.0.9");
+    validate_vmi(&v).unwrap();
+    v.metadata.annotations = ann("10.244.0.999");
+    let e = expect(&v, "metadata.annotations[kuvirt.io/ip]", Invalid);
+    assert!(e.message.contains("not an IPv4 address"), "{}", e.message);
+
+    let mut m = vm();
+    m.metadata.annotations = ann("fd00::1");
+    expect_vm(&m, "metadata.annotations[kuvirt.io/ip]", Invalid);
+    let mut m = vm();
+    m.spec.template.as_mut().unwrap().metadata.annotations = ann("x");
+    expect_vm(&m, "spec.template.metadata.annotations[kuvirt.io/ip]", Invalid);
+    // A VM's sticky address goes to the VMIs it starts.
+    let mut m = vm();
+    m.metadata.annotations = ann("10.244.0.9");
+    let started = VirtualMachineInstance::from_vm(&m);
+    assert_eq!(
+        started.metadata.annotations.unwrap()[crate::v1::IP_ANNOTATION],
+        "10.244.0.9"
+    );
+}
+
+#[test]
 fn vm_template_paths() {
     let mut v = vm();
     let t = v.spec.template.as_mut().unwrap();

@@ -103,6 +103,15 @@ impl FromStr for Cidr {
     }
 }
 
+/// What a pod asks of the allocator besides an address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpRequest {
+    /// This address and no other (`kuvirt.io/ip`).
+    pub address: Option<Ipv4Addr>,
+    /// Addresses other VMs keep while they are stopped: never handed to another pod.
+    pub reserved: std::collections::BTreeSet<Ipv4Addr>,
+}
+
 /// The allocator of one pod CIDR.
 #[derive(Clone, Debug)]
 pub struct Ipam {
@@ -126,6 +135,12 @@ impl Ipam {
     /// The address `uid` holds, or a new one: the next free address after the last one handed
     /// out (round robin, so a released address is not reused at once).
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr, SandboxError> {
+        self.allocate_as(uid, &IpRequest::default())
+    }
+
+    /// [`Ipam::allocate`] honouring `want`: its one address (refused when it is not a pod
+    /// address of this CIDR, or another pod or VM holds it), or a new one that is not reserved.
+    pub fn allocate_as(&self, uid: &str, want: &IpRequest) -> Result<Ipv4Addr, SandboxError> {
         if let Some(ip) = self.lookup(uid)? {
             return Ok(ip);
         }
@@ -137,6 +152,37 @@ impl Ipam {
         let first = 2u64;
         let last = self.cidr.size() - 2;
         let count = last - first + 1;
+        if let Some(ip) = want.address {
+            let refuse = |why: String| SandboxError::IpRequest { ip, why };
+            let i = u64::from(u32::from(ip).wrapping_sub(u32::from(self.cidr.network())));
+            if !self.cidr.contains(ip) || !(first..=last).contains(&i) {
+                return Err(refuse(format!(
+                    "not a pod address of this node's pod CIDR {}",
+                    self.cidr
+                )));
+            }
+            if want.reserved.contains(&ip) {
+                return Err(refuse("another VM keeps it".into()));
+            }
+            let path = self.dir.join(ip.to_string());
+            return match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(uid.as_bytes())
+                        .map_err(|e| SandboxError::io(&path, e))?;
+                    Ok(ip)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    Err(refuse(format!("pod {} holds it", owner.trim())))
+                }
+                Err(e) => Err(SandboxError::io(&path, e)),
+            };
+        }
         let after = std::fs::read_to_string(self.dir.join(LAST_RESERVED))
             .ok()
             .and_then(|t| t.trim().parse::<Ipv4Addr>().ok())
@@ -147,6 +193,9 @@ impl Ipam {
         for step in 1..=count {
             let i = first + (after - first + step) % count;
             let Some(ip) = self.cidr.nth(i) else { continue };
+            if want.reserved.contains(&ip) {
+                continue;
+            }
             let path = self.dir.join(ip.to_string());
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -285,6 +334,50 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         assert_eq!("10.0.0.1/31".parse::<Cidr>().unwrap().gateway(), None);
+    }
+
+    #[test]
+    fn requested_addresses_are_honoured_or_refused_and_reserved_ones_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::new(dir.path(), "10.9.0.0/29".parse().unwrap());
+        let ask = |ip: [u8; 4]| IpRequest {
+            address: Some(Ipv4Addr::from(ip)),
+            reserved: [Ipv4Addr::new(10, 9, 0, 6)].into(),
+        };
+        assert_eq!(
+            ipam.allocate_as("a", &ask([10, 9, 0, 4])).unwrap(),
+            Ipv4Addr::new(10, 9, 0, 4)
+        );
+        let why = |uid: &str, ip| ipam.allocate_as(uid, &ask(ip)).unwrap_err().to_string();
+        assert_eq!(
+            why("b", [10, 9, 0, 4]),
+            "the requested pod IP 10.9.0.4 cannot be had: pod a holds it"
+        );
+        assert!(
+            why("b", [10, 9, 0, 1])
+                .contains("not a pod address of this node's pod CIDR 10.9.0.0/29")
+        );
+        assert!(why("b", [10, 9, 0, 7]).contains("not a pod address"));
+        assert!(why("b", [10, 9, 1, 2]).contains("not a pod address"));
+        assert!(why("b", [10, 9, 0, 6]).ends_with("another VM keeps it"));
+        // Without a request: never the reserved .6.
+        let free = IpRequest {
+            address: None,
+            reserved: [Ipv4Addr::new(10, 9, 0, 6)].into(),
+        };
+        let got: Vec<_> = ["b", "c", "d", "e"]
+            .iter()
+            .map(|u| ipam.allocate_as(u, &free).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(Ipv4Addr::new(10, 9, 0, 2)),
+                Ok(Ipv4Addr::new(10, 9, 0, 3)),
+                Ok(Ipv4Addr::new(10, 9, 0, 5)),
+                Err("ipam 10.9.0.0/29: no free address".into())
+            ]
+        );
     }
 
     #[test]

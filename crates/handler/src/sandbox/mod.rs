@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use cgroup::{Layout, Limits};
-use ipam::{Cidr, Ipam};
+use ipam::{Cidr, IpRequest, Ipam};
 
 /// Names and places the sandboxes use; tests pick their own so they never meet a running node.
 #[derive(Clone, Debug)]
@@ -105,6 +105,8 @@ pub enum SandboxError {
     BadCidr(String),
     #[error("ipam {0}: no free address")]
     Exhausted(String),
+    #[error("the requested pod IP {ip} cannot be had: {why}")]
+    IpRequest { ip: Ipv4Addr, why: String },
     #[error("no cgroup hierarchy with the memory and cpu controllers")]
     NoCgroups,
     #[error("pod uid {0:?}: no letters or digits to name a sandbox by")]
@@ -170,6 +172,7 @@ pub fn create(
     cidr: Cidr,
     uid: &str,
     limits: &Limits,
+    want: &IpRequest,
 ) -> Result<Sandbox, SandboxError> {
     let netns = cfg.netns_name(uid)?;
     let veth = cfg.veth_name(uid)?;
@@ -177,7 +180,7 @@ pub fn create(
         let gateway = cidr
             .gateway()
             .ok_or_else(|| SandboxError::BadCidr(cidr.to_string()))?;
-        let ip = Ipam::new(&cfg.state_dir, cidr).allocate(uid)?;
+        let ip = Ipam::new(&cfg.state_dir, cidr).allocate_as(uid, want)?;
         net::setup_pod(cfg, &netns, &veth, ip, cidr)?;
         let resolv_conf = net::write_resolv_conf(&netns)?;
         let layout = Layout::detect(&cfg.cgroup_root)?;
