@@ -3,20 +3,22 @@
 //! outcome (0 = the guest shut down). The node agent starts it and reads its state.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::StartStrategy;
 use kuvirt_images::oci::{ImageStore, PullOptions};
 use kuvirt_launcher::accel::{AccelMode, QemuProbe, choose};
 use kuvirt_launcher::machine::NetBackend;
-use kuvirt_launcher::network;
 use kuvirt_launcher::session::{Session, SessionOptions, default_run_as};
 use kuvirt_launcher::vm::ExitReason;
+use kuvirt_launcher::{metadata, network};
 
 use crate::run::{Signals, state_dir, user_mode_nics};
 
@@ -63,17 +65,21 @@ fn join_cgroups(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// QEMU's backends, the tasks serving the guest, and its address on the pod network.
+type PodNetwork = (BTreeMap<String, NetBackend>, Vec<AbortOnDrop>, Option<Ipv4Addr>);
+
 /// The VM's interfaces bound to the pod network (masquerade or bridge, inside the pod's network
-/// namespace), their DHCP servers running on this runtime until the returned tasks are dropped.
-/// Without root (no pod namespace to change) QEMU's user-mode network stands in.
+/// namespace), their DHCP servers running on this runtime until the returned tasks are dropped,
+/// and the guest's address on the pod network (the metadata service's one client). Without root
+/// (no pod namespace to change) QEMU's user-mode network stands in.
 fn pod_network(
     vmi: &VirtualMachineInstance,
     kubeconfig: &Path,
     vm_dir: &Path,
-) -> Result<(BTreeMap<String, NetBackend>, Vec<AbortOnDrop>)> {
+) -> Result<PodNetwork> {
     let Some((uid, _)) = default_run_as() else {
         eprintln!("warning: not root: the pod network is QEMU's user-mode network");
-        return Ok((user_mode_nics(vmi)?, Vec::new()));
+        return Ok((user_mode_nics(vmi)?, Vec::new(), None));
     };
     let plans = network::plan(vmi)?;
     let pod = network::PodContext {
@@ -103,7 +109,78 @@ fn pod_network(
             }))
         })
         .collect();
-    Ok((bound.backends, tasks))
+    let guest = bound.guest_addresses.values().next().copied();
+    Ok((bound.backends, tasks, guest))
+}
+
+/// How often the metadata service's content is rebuilt from the VMI and its key Secrets.
+const METADATA_REFRESH: Duration = Duration::from_secs(2);
+
+/// The metadata service at 169.254.169.254 for `guest` only, and the task that keeps its content
+/// following the VMI (an SSH key changed in a Secret shows without a restart).
+async fn metadata_service(
+    vmis: Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    guest: Ipv4Addr,
+) -> Result<(AbortOnDrop, AbortOnDrop)> {
+    use kuvirt_netbind::metadata::{AllowedPeers, SERVICE_ADDR, Server};
+    let server = Server::bind(SERVICE_ADDR).context("metadata service")?;
+    let secrets: Api<Secret> = Api::namespaced(
+        vmis.clone().into_client(),
+        vmi.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let first = metadata::content(vmi, ssh_keys(&secrets, vmi).await, Some(guest));
+    let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
+    let serve = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = server.run(rx, AllowedPeers::only(guest)).await {
+            eprintln!("warning: metadata service stopped: {e}");
+        }
+    }));
+    let (name, uid) = (
+        vmi.metadata.name.clone().unwrap_or_default(),
+        vmi.metadata.uid.clone(),
+    );
+    let refresh = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(METADATA_REFRESH).await;
+            let Ok(Some(now)) = vmis.get_opt(&name).await else {
+                continue;
+            };
+            if now.metadata.uid != uid {
+                continue;
+            }
+            let md = metadata::content(&now, ssh_keys(&secrets, &now).await, Some(guest));
+            tx.send_if_modified(|cur| {
+                let changed = **cur != md;
+                if changed {
+                    *cur = std::sync::Arc::new(md);
+                }
+                changed
+            });
+        }
+    }));
+    Ok((serve, refresh))
+}
+
+/// The SSH keys of the VMI's access credentials; a Secret that cannot be read is left out.
+async fn ssh_keys(secrets: &Api<Secret>, vmi: &VirtualMachineInstance) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    for name in metadata::ssh_key_secrets(vmi) {
+        match secrets.get_opt(&name).await {
+            Ok(Some(s)) => {
+                let data = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                keys.extend(metadata::keys_of_secret(&name, &data));
+            }
+            Ok(None) => eprintln!("warning: access credentials: secret {name} not found"),
+            Err(e) => eprintln!("warning: access credentials: secret {name}: {e}"),
+        }
+    }
+    keys
 }
 
 /// The port of an API server on the loopback (the pod reaches it through a forwarder on the
@@ -149,7 +226,11 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
             args.vmi_uid
         );
     }
-    let (nics, _dhcp) = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
+    let (nics, mut tasks, guest) = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
+    if let Some(guest) = guest {
+        let (server, refresh) = metadata_service(vmis.clone(), &vmi, guest).await?;
+        tasks.extend([server, refresh]);
+    }
     let state = state_dir(args.state_dir)?;
     let mode: AccelMode = args.accel.parse()?;
     let probe = QemuProbe {
@@ -185,7 +266,12 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
         paused: vmi.spec.start_strategy == Some(StartStrategy::Paused),
         run_as: default_run_as(),
         sandbox: true,
-        smbios_product: "None".into(),
+        // cloud-init's OpenStack datasource asks 169.254.169.254 only of an OpenStack machine.
+        smbios_product: if guest.is_some() {
+            "OpenStack Nova".into()
+        } else {
+            "None".into()
+        },
     };
     let session = tokio::select! {
         s = Session::start(&vmi, nics, &opts) => s.with_context(|| format!("vm {shown}"))?,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::plane::{Plane, halt, serial_log, until};
 use common::*;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
@@ -226,7 +226,110 @@ async fn bridge_hands_the_pod_ip_to_the_guest() {
     .await;
     assert!(body.starts_with("kuvirt-guest "), "{body}");
 
-    halt(&vms, &["br"], state).await;
+    // A second VM on the pod network reaches it there too (the guest prints what it fetched).
+    let url = format!("http://{pod_ip}/");
+    vms.create(
+        &PostParams::default(),
+        &vm(
+            "br2",
+            serde_json::json!({"bridge": {}}),
+            &format!("kuvirt.fetch={url}"),
+        ),
+    )
+    .await
+    .unwrap();
+    let fetched = guest_line(state, "br2", "fetch ").await;
+    assert!(
+        fetched.starts_with(&format!("kuvirt-guest: fetch {url} -> kuvirt-guest ")),
+        "{fetched}"
+    );
+
+    halt(&vms, &["br", "br2"], state).await;
+}
+
+/// The guest's console lines starting with `prefix` so far.
+fn guest_lines(state: &std::path::Path, name: &str, prefix: &str) -> Vec<String> {
+    let prefix = format!("kuvirt-guest: {prefix}");
+    serial_log(state, "default", name)
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_service_on_both_bindings_follows_the_vmi() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let first = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFirst first@kuvirt";
+    let second = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISecond second@kuvirt";
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "keys"},
+                "stringData": {"key1": first}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let with_keys = |name: &str, iface: serde_json::Value| {
+        let mut v = vm(name, iface, "kuvirt.metadata=1");
+        let spec = &mut v.spec.template.as_mut().unwrap().spec;
+        spec.access_credentials = serde_json::from_value(serde_json::json!([
+            {"sshPublicKey": {"source": {"secret": {"secretName": "keys"}},
+                              "propagationMethod": {"qemuGuestAgent": {"users": ["root"]}}}}
+        ]))
+        .unwrap();
+        spec.hostname = Some(format!("{name}-host"));
+        v
+    };
+    for (name, iface) in [
+        ("mdmasq", serde_json::json!({"masquerade": {}})),
+        ("mdbridge", serde_json::json!({"bridge": {}})),
+    ] {
+        vms.create(&PostParams::default(), &with_keys(name, iface))
+            .await
+            .unwrap();
+    }
+    for name in ["mdmasq", "mdbridge"] {
+        assert_eq!(
+            guest_line(state, name, "metadata").await,
+            format!("kuvirt-guest: metadata-hostname={name}-host")
+        );
+        assert_eq!(
+            guest_line(state, name, "metadata-ssh-key=").await,
+            format!("kuvirt-guest: metadata-ssh-key={first}")
+        );
+    }
+
+    // A key added to the Secret reaches the running guests, which never restarted.
+    secrets
+        .patch(
+            "keys",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"stringData": {"key2": second}})),
+        )
+        .await
+        .unwrap();
+    for name in ["mdmasq", "mdbridge"] {
+        let want = format!("kuvirt-guest: metadata-ssh-key={second}");
+        until(&format!("{name}: the new key"), BOOT, async || {
+            guest_lines(state, name, "metadata-ssh-key=")
+                .contains(&want)
+                .then_some(())
+        })
+        .await;
+        assert_eq!(guest_lines(state, name, "booted").len(), 1);
+    }
+
+    halt(&vms, &["mdmasq", "mdbridge"], state).await;
 }
 
 /// Sets the VM's run strategy.

@@ -4,6 +4,7 @@ pub mod accel;
 pub mod console;
 pub mod convert;
 pub mod machine;
+pub mod metadata;
 pub mod network;
 pub mod prepare;
 pub mod protocol;

@@ -11,6 +11,7 @@ use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::{InterfaceBindingRef, InterfaceState};
 use kuvirt_netbind::dhcp::{ExtraOptions, PrivateOption, Server};
 use kuvirt_netbind::masquerade::{MasqueradeConfig, Port, Protocol};
+use kuvirt_netbind::metadata::plumb;
 use kuvirt_netbind::{bridge, masquerade};
 
 use crate::convert::{ConvertError, generated_mac};
@@ -239,8 +240,9 @@ pub struct Bound {
     pub guest_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
-/// Sets up every planned binding in the current network namespace (the pod's); must run inside
-/// a tokio runtime (the DHCP sockets). A second run in the same pod converges.
+/// Sets up every planned binding in the current network namespace (the pod's), and the way to
+/// the metadata service at 169.254.169.254 from each; must run inside a tokio runtime (the DHCP
+/// sockets). A second run in the same pod converges.
 pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_netbind::Error> {
     let (dns_servers, search_domains) = masquerade::parse_resolv_conf(&pod.resolv_conf);
     let mut bound = Bound::default();
@@ -256,6 +258,7 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 cfg.hostname = Some(pod.hostname.clone());
                 cfg.extra = p.extra.clone();
                 let mut m = masquerade::setup(&cfg)?;
+                plumb::local_address()?;
                 (m.take_dhcp(), m.lease().address)
             }
             Binding::Bridge => {
@@ -266,6 +269,7 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 cfg.hostname = Some(pod.hostname.clone());
                 cfg.extra = p.extra.clone();
                 let mut b = bridge::setup(&cfg)?;
+                plumb::bridged(&cfg.bridge, &p.tap, b.lease().address)?;
                 (b.take_dhcp(), b.lease().address)
             }
         };

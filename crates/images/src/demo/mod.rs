@@ -11,7 +11,10 @@
 //! (after up to 15 s; needs dhcpcd-base on the build host), `metadata-hostname=NAME` or
 //! `metadata failed` (with `kuvirt.metadata=1` on the kernel command line, which reads
 //! `http://169.254.169.254/openstack/latest/meta_data.json`; `kuvirt.metadata_url=BASE` reads
-//! another base URL), `ready`, `heartbeat N` every second, and `poweroff` when the ACPI power
+//! another base URL), then `metadata-ssh-key=KEY` for each of its `public_keys` (read again
+//! every 3 heartbeats: keys added later are printed when they appear), `fetch URL -> LINE` or
+//! `fetch URL failed` (for each `kuvirt.fetch=URL`: the first line of one HTTP GET), `ready`,
+//! `heartbeat N` every second, and `poweroff` when the ACPI power
 //! button is pressed (then it powers off). It serves `kuvirt-guest HOSTNAME` on HTTP port 80.
 
 mod bootdisk;

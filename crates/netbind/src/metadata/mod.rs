@@ -7,6 +7,7 @@
 
 mod content;
 mod http;
+pub mod plumb;
 mod route;
 mod server;
 

@@ -22,6 +22,13 @@ ip link set lo up
 json_str() { # json_str KEY FILE: value of "KEY":"value" in a one-line JSON file
     sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1
 }
+md_keys() { # prints metadata-ssh-key=KEY for keys of /tmp/metadata.json not printed before
+    json_keys public_keys /tmp/metadata.json | while read -r key; do
+        grep -qxF "$key" /tmp/md-keys 2>/dev/null && continue
+        echo "$key" >>/tmp/md-keys
+        say "metadata-ssh-key=$key"
+    done
+}
 json_keys() { # json_keys OBJECTKEY FILE: string values of the object "OBJECTKEY":{...}, one a line
     tr -d '\n' <"$2" | sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*{\([^}]*\)}.*/\1/p" |
         grep -o '"[^"]*"[[:space:]]*:[[:space:]]*"[^"]*"' | sed 's/^"[^"]*"[[:space:]]*:[[:space:]]*"\(.*\)"$/\1/'
@@ -132,10 +139,24 @@ if [ -n "$md_base" ]; then
     # Not `wget -T`: it crashes Debian's busybox 1.35 wget; `timeout` bounds it instead.
     if timeout 10 wget -q -O /tmp/metadata.json "$md_base/openstack/latest/meta_data.json" 2>/dev/null; then
         say "metadata-hostname=$(json_str hostname /tmp/metadata.json)"
+        md_keys
     else
         say "metadata failed"
     fi
 fi
+# kuvirt.fetch=URL: one HTTP GET, its first line printed (another VM's web server, say).
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+    kuvirt.fetch=*)
+        url=${arg#kuvirt.fetch=}
+        if timeout 10 wget -q -O /tmp/fetched "$url" 2>/dev/null; then
+            say "fetch $url -> $(head -n 1 /tmp/fetched)"
+        else
+            say "fetch $url failed"
+        fi
+        ;;
+    esac
+done
 
 # --- services ---
 echo "kuvirt-guest $hostname" >/www/index.html
@@ -156,5 +177,11 @@ n=0
 while :; do
     n=$((n + 1))
     say "heartbeat $n"
+    # The metadata service follows the VMI: new SSH keys show up without a reboot.
+    if [ -n "$md_base" ] && [ $((n % 3)) = 0 ] &&
+        timeout 2 wget -q -O /tmp/metadata.new "$md_base/openstack/latest/meta_data.json" 2>/dev/null; then
+        mv /tmp/metadata.new /tmp/metadata.json
+        md_keys
+    fi
     sleep 1
 done
