@@ -1,7 +1,7 @@
 //! The pod network as the guest sees it, through `kuvirt server` (one node, its own pod
 //! network): masquerade (the guest leases 10.0.2.2 from our DHCP server, the host reaches a
 //! declared port at the pod IP and is refused on another, the guest reaches a host service
-//! through NAT and is seen as the pod IP) and bridge (the guest leases the pod IP itself, with
+//! through NAT and is seen as the pod IP; dhcpOptions reach its DHCP client) and bridge (the guest leases the pod IP itself, with
 //! the pod's gateway and DNS, and the host reaches its HTTP server there). What is asserted is
 //! what the guest prints on its console and what answers on the wire.
 
@@ -142,7 +142,10 @@ async fn masquerade_nat_declared_ports_and_dhcp() {
 
     let spec = vm(
         "masq",
-        serde_json::json!({"masquerade": {}, "ports": [{"name": "http", "port": 80}]}),
+        serde_json::json!({"masquerade": {}, "ports": [{"name": "http", "port": 80}],
+                           "dhcpOptions": {"bootFileName": "pxelinux.0", "tftpServerName": "192.0.2.69",
+                                           "ntpServers": ["192.0.2.123"],
+                                           "privateOptions": [{"option": 240, "value": "extra"}]}}),
         &format!("kuvirt.metadata_url=http://{gateway}:{port}"),
     );
     vms.create(&PostParams::default(), &spec).await.unwrap();
@@ -160,6 +163,11 @@ async fn masquerade_nat_declared_ports_and_dhcp() {
     );
     assert!(lease.starts_with(&want), "{lease}\nwanted {want}");
     assert!(lease.contains(" hostname=masq "), "{lease}");
+    // dhcpOptions (PXE boot, NTP) reach the guest's DHCP client.
+    assert!(
+        lease.contains(" boot=pxelinux.0 tftp=192.0.2.69 siaddr=192.0.2.69 ntp=192.0.2.123 "),
+        "{lease}"
+    );
     assert!(lease.ends_with(&format!("mac={mac}")), "{lease}");
 
     // Out: the guest fetched from the host, which saw the pod IP (SNAT).
