@@ -1,16 +1,16 @@
 //! `kuvirt expose vm|vmi NAME`: creates a core/v1 Service selecting the launcher pod of a VM or
-//! VMI, as `virtctl expose` does. Only the Service object: forwarding host ports to it belongs to
-//! the networking work.
+//! VMI, as `virtctl expose` does. A NodePort Service gets its nodePorts here (kuvirt's API server
+//! allocates none); the node agent's `handler::services` forwards them to the VM.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
 use clap::Args;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kuvirt_api::v1::{API_VERSION, VirtualMachineInstanceSpec};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
@@ -121,7 +121,7 @@ async fn expose(args: &ExposeArgs) -> Result<()> {
             (vmi.metadata.uid, pod_network_ports(&vmi.spec))
         }
     };
-    let ports = match args.port {
+    let mut ports = match args.port {
         Some(port) => vec![ServicePort {
             name: args.port_name.clone(),
             protocol: Some(protocol.to_owned()),
@@ -134,6 +134,23 @@ async fn expose(args: &ExposeArgs) -> Result<()> {
         }
         None => ports,
     };
+    if service_type == "NodePort" {
+        let all = Api::<Service>::all(session.client.clone())
+            .list(&ListParams::default())
+            .await?;
+        let mut used: BTreeSet<i32> = all
+            .items
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.ports.as_ref())
+            .flatten()
+            .filter_map(|p| p.node_port)
+            .collect();
+        for p in &mut ports {
+            let port = free_node_port(&used, rand::random())?;
+            used.insert(port);
+            p.node_port = Some(port);
+        }
+    }
     let name = args
         .service
         .clone()
@@ -160,15 +177,88 @@ async fn expose(args: &ExposeArgs) -> Result<()> {
         }),
         status: None,
     };
-    Api::<Service>::namespaced(session.client, ns)
+    let svc = Api::<Service>::namespaced(session.client.clone(), ns)
         .create(&PostParams::default(), &svc)
         .await?;
+    let at = reachable_at(&session.client, ns, &args.resource, &svc).await;
     println!(
-        "Service {name} successfully created for {} {}",
+        "Service {name} successfully created for {} {}{}",
         args.kind.to_ascii_lowercase(),
-        args.resource
+        args.resource,
+        at.map(|a| format!("; reachable at {a}"))
+            .unwrap_or_default()
     );
     Ok(())
+}
+
+/// NodePorts are Kubernetes' default range.
+const NODE_PORTS: std::ops::RangeInclusive<i32> = 30000..=32767;
+
+/// A nodePort no Service uses, starting at a random point of the range (as Kubernetes' allocator
+/// picks at random, so two clients rarely race for the same one).
+fn free_node_port(used: &BTreeSet<i32>, seed: u32) -> Result<i32> {
+    let (lo, n) = (
+        *NODE_PORTS.start(),
+        NODE_PORTS.end() - NODE_PORTS.start() + 1,
+    );
+    let start = i32::try_from(seed % n.unsigned_abs()).unwrap_or(0);
+    (0..n)
+        .map(|i| lo + (start + i) % n)
+        .find(|p| !used.contains(p))
+        .ok_or_else(|| anyhow::anyhow!("no free nodePort in {lo}-{}", NODE_PORTS.end()))
+}
+
+/// Where the Service answers: `NODE_IP:NODEPORT, …` on the node running the VMI (the only one
+/// with endpoints in embedded mode; the single node when it is not placed yet), or
+/// `CLUSTER_IP:PORT, …` when the Service has a cluster IP. None when neither is known.
+async fn reachable_at(client: &kube::Client, ns: &str, vmi: &str, svc: &Service) -> Option<String> {
+    let spec = svc.spec.as_ref()?;
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let join = |host: &str, ps: Vec<i32>| {
+        (!ps.is_empty()).then(|| {
+            ps.iter()
+                .map(|p| format!("{host}:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    if spec.type_.as_deref() == Some("NodePort") {
+        let node_ip = node_ip(client, ns, vmi).await;
+        let node_ports = ports.iter().filter_map(|p| p.node_port).collect();
+        return match node_ip {
+            Some(ip) => join(&ip, node_ports),
+            None => join("<node>", node_ports),
+        };
+    }
+    let ip = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")?;
+    join(ip, ports.iter().map(|p| p.port).collect())
+}
+
+/// The InternalIP of the VMI's node, or of the only node.
+async fn node_ip(client: &kube::Client, ns: &str, vmi: &str) -> Option<String> {
+    let nodes = Api::<Node>::all(client.clone());
+    let placed = Api::<VirtualMachineInstance>::namespaced(client.clone(), ns)
+        .get_opt(vmi)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| v.status?.node_name);
+    let node = match placed {
+        Some(name) => nodes.get_opt(&name).await.ok()??,
+        None => {
+            let mut all = nodes.list(&ListParams::default()).await.ok()?.items;
+            (all.len() == 1).then_some(())?;
+            all.pop()?
+        }
+    };
+    node.status?
+        .addresses?
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
 }
 
 fn service_type(s: &str) -> Result<&'static str> {
@@ -248,6 +338,18 @@ mod tests {
             target_port(Some("ssh"), 22),
             IntOrString::String("ssh".into())
         );
+    }
+
+    #[test]
+    fn node_ports_are_free_ones_of_the_range() {
+        let none = BTreeSet::new();
+        assert_eq!(free_node_port(&none, 0).unwrap(), 30000);
+        assert_eq!(free_node_port(&none, 2767).unwrap(), 32767);
+        assert_eq!(free_node_port(&none, 2768).unwrap(), 30000);
+        let used = BTreeSet::from([32767, 30000]);
+        assert_eq!(free_node_port(&used, 2767).unwrap(), 30001);
+        let all: BTreeSet<i32> = NODE_PORTS.collect();
+        assert!(free_node_port(&all, 5).is_err());
     }
 
     #[test]

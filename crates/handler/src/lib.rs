@@ -8,6 +8,7 @@ pub mod join;
 pub mod node;
 pub mod pods;
 pub mod sandbox;
+pub mod services;
 
 use std::time::Duration;
 
@@ -76,7 +77,19 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
             }
         }
     });
+    let svc_cfg = services::ServicesConfig {
+        node: cfg.runner.node.clone(),
+        pod_network: cfg.runner.pod_network.clone(),
+        node_ip: cfg.node_ip,
+    };
+    let svc_client = client.clone();
+    let services = tokio::spawn(async move {
+        if let Err(e) = services::run(svc_client, svc_cfg).await {
+            tracing::warn!(error = %e, "service forwarding stopped");
+        }
+    });
     let r = pods::run(client, cfg.runner).await;
+    services.abort();
     heartbeat.abort();
     drop(ep);
     r
