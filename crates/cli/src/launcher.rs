@@ -66,7 +66,11 @@ fn join_cgroups(dirs: &[PathBuf]) -> Result<()> {
 }
 
 /// QEMU's backends, the tasks serving the guest, and its address on the pod network.
-type PodNetwork = (BTreeMap<String, NetBackend>, Vec<AbortOnDrop>, Option<Ipv4Addr>);
+type PodNetwork = (
+    BTreeMap<String, NetBackend>,
+    Vec<AbortOnDrop>,
+    Option<Ipv4Addr>,
+);
 
 /// The VM's interfaces bound to the pod network (masquerade or bridge, inside the pod's network
 /// namespace), their DHCP servers running on this runtime until the returned tasks are dropped,
@@ -99,13 +103,12 @@ fn pod_network(
         eprintln!("interface {name}: guest address {ip}");
     }
     let tasks = bound
-        .dhcp
+        .servers
         .into_iter()
         .map(|server| {
             AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = server.run().await {
-                    eprintln!("warning: dhcp server stopped: {e}");
-                }
+                let why = server.run().await;
+                eprintln!("warning: a pod network server stopped: {why}");
             }))
         })
         .collect();

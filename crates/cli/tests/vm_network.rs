@@ -104,8 +104,13 @@ fn pod_dns() -> String {
 /// An HTTP server on the host answering every request with an OpenStack meta_data.json whose
 /// hostname is `hostname`, recording who asked.
 fn host_service(hostname: &str) -> (u16, Arc<Mutex<Vec<SocketAddr>>>) {
+    host_service_on(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), hostname)
+}
+
+/// [`host_service`] on `addr` (`::` for IPv6 clients).
+fn host_service_on(addr: std::net::IpAddr, hostname: &str) -> (u16, Arc<Mutex<Vec<SocketAddr>>>) {
     // Any address: the node bridge comes up with the first pod.
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let listener = TcpListener::bind((addr, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let peers = Arc::new(Mutex::new(Vec::new()));
     let seen = peers.clone();
@@ -461,4 +466,66 @@ async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
 
     run_strategy(&vms, "taken", "Halted").await;
     halt(&vms, &["sticky", "fixed", "other"], state).await;
+}
+
+/// The IPv6 address that goes with a pod (or gateway) IPv4 address: fd6b:7576::A.B.C.D.
+fn ipv6_of(ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    o[..4].copy_from_slice(&[0xfd, 0x6b, 0x75, 0x76]);
+    o[12..].copy_from_slice(&ip.octets());
+    std::net::Ipv6Addr::from(o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masquerade_ipv6_by_router_advertisements_and_dhcpv6() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let gateway6 = ipv6_of(node_gateway(client, &plane.node).await);
+    let (port, peers) =
+        host_service_on(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), "v6");
+    let url = format!("http://[{gateway6}]:{port}/");
+    let spec = vm(
+        "six",
+        serde_json::json!({"masquerade": {}, "ports": [{"name": "http", "port": 80}]}),
+        &format!("kuvirt.dhcp6=1 kuvirt.fetch={url}"),
+    );
+    vms.create(&PostParams::default(), &spec).await.unwrap();
+    let (pod_ip, _) = interface(&vmis, "six").await;
+    let pod6 = ipv6_of(pod_ip);
+    let listed = vmis.get("six").await.unwrap().status.unwrap().interfaces[0]
+        .ip_addresses
+        .clone();
+    assert_eq!(listed, vec![pod_ip.to_string(), pod6.to_string()]);
+
+    // The guest configured KubeVirt's IPv6 address from our DHCPv6 server, its default route
+    // from our router advertisements.
+    let lease6 = guest_line(state, "six", "dhcp6 ").await;
+    assert!(
+        lease6.starts_with("kuvirt-guest: dhcp6 iface=eth0 ip=fd10:0:2::2/120 gw=fe80::"),
+        "{lease6}"
+    );
+    // Out over IPv6: the host saw the pod's IPv6 address.
+    let fetched = guest_line(state, "six", "fetch ").await;
+    assert!(fetched.contains(" -> {"), "{fetched}");
+    let seen: Vec<_> = peers.lock().unwrap().iter().map(|p| p.ip()).collect();
+    assert_eq!(seen, vec![std::net::IpAddr::V6(pod6)]);
+    // In over IPv6: the declared port reaches the guest, another is refused.
+    guest_line(state, "six", "ready").await;
+    let body = until(
+        "the guest's HTTP answer over IPv6",
+        Duration::from_secs(30),
+        async || http_get(SocketAddr::from((pod6, 80))).ok(),
+    )
+    .await;
+    assert!(body.starts_with("kuvirt-guest "), "{body}");
+    let refused = TcpStream::connect_timeout(&SocketAddr::from((pod6, 22)), Duration::from_secs(5))
+        .map(drop)
+        .map_err(|e| e.kind());
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+
+    halt(&vms, &["six"], state).await;
 }

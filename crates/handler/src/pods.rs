@@ -609,6 +609,7 @@ async fn start(
     let pid = child.id();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod_ip = sb.ip.to_string();
+    let pod_ip6 = sandbox::ipam::ipv6_of(sb.ip).to_string();
     let host_ip = net.host_ip.to_string();
     // Reported best effort: the launcher runs either way, and the monitor is what matters.
     let _ = pods
@@ -618,7 +619,7 @@ async fn start(
             &Patch::Merge(json!({"status": {
                 "phase": "Running",
                 "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-                "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+                "podIP": pod_ip, "podIPs": [{"ip": pod_ip}, {"ip": pod_ip6}],
                 "startTime": kuvirt_apimachinery::meta::now(),
                 "containerStatuses": [{"name": "compute", "ready": true, "restartCount": 0,
                                        "image": "kuvirt", "imageID": "",
@@ -854,7 +855,12 @@ fn pod_interfaces(
         .map(|i| VirtualMachineInstanceNetworkInterface {
             name: Some(i.name.clone()),
             ip_address: Some(ip.to_string()),
-            ip_addresses: vec![ip.to_string()],
+            // Masquerade NATs the pod's IPv6 address too; a bridge hands the guest IPv4 only.
+            ip_addresses: if i.masquerade.is_some() {
+                vec![ip.to_string(), sandbox::ipam::ipv6_of(ip).to_string()]
+            } else {
+                vec![ip.to_string()]
+            },
             mac: Some(
                 i.mac_address
                     .clone()

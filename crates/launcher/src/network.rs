@@ -230,11 +230,31 @@ pub struct PodContext {
     pub state_dir: PathBuf,
 }
 
-/// The bindings as set up: QEMU's backends, and the DHCP servers to run while the VM lives.
+/// A server a binding needs while the VM lives.
+#[derive(Debug)]
+pub enum Serving {
+    Dhcp(Server),
+    RouterAdvertisements(kuvirt_netbind::ndp::Server),
+    Dhcp6(kuvirt_netbind::dhcpv6::Server),
+}
+
+impl Serving {
+    /// Serves until the socket fails; returns why.
+    pub async fn run(self) -> String {
+        match self {
+            Serving::Dhcp(s) => s.run().await.err().map(|e| e.to_string()),
+            Serving::RouterAdvertisements(s) => s.run().await.err().map(|e| e.to_string()),
+            Serving::Dhcp6(s) => s.run().await.err().map(|e| e.to_string()),
+        }
+        .unwrap_or_else(|| "stopped".into())
+    }
+}
+
+/// The bindings as set up: QEMU's backends, and the servers to run while the VM lives.
 #[derive(Debug, Default)]
 pub struct Bound {
     pub backends: BTreeMap<String, NetBackend>,
-    pub dhcp: Vec<Server>,
+    pub servers: Vec<Serving>,
     /// The guest's address on each interface (10.0.2.2 behind masquerade, the pod IP on a
     /// bridge).
     pub guest_addresses: BTreeMap<String, Ipv4Addr>,
@@ -257,8 +277,13 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 cfg.search_domains = search_domains.clone();
                 cfg.hostname = Some(pod.hostname.clone());
                 cfg.extra = p.extra.clone();
+                cfg.dns_servers_v6 = masquerade::resolv_conf_v6(&pod.resolv_conf);
                 let mut m = masquerade::setup(&cfg)?;
                 plumb::local_address()?;
+                if let Some((ra, dhcp6)) = m.take_ipv6() {
+                    bound.servers.push(Serving::RouterAdvertisements(ra));
+                    bound.servers.push(Serving::Dhcp6(dhcp6));
+                }
                 (m.take_dhcp(), m.lease().address)
             }
             Binding::Bridge => {
@@ -273,7 +298,7 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 (b.take_dhcp(), b.lease().address)
             }
         };
-        bound.dhcp.extend(server.take());
+        bound.servers.extend(server.take().map(Serving::Dhcp));
         bound.guest_addresses.insert(p.name.clone(), address);
         bound.backends.insert(
             p.name.clone(),

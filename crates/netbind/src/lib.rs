@@ -40,4 +40,8 @@ pub enum Error {
     Discover { ifname: String, what: &'static str },
     #[error("dhcp: {0}")]
     Dhcp(#[from] ServeError),
+    #[error("router advertisements: {0}")]
+    Ndp(#[from] ndp::NdpError),
+    #[error("dhcpv6: {0}")]
+    Dhcp6(#[from] dhcpv6::Serve6Error),
 }

@@ -6,13 +6,15 @@
 //! children, sysctls are written through its `/proc/sys/net`): the launcher calls it from inside
 //! the pod's namespace, tests from a thread that `setns`'d into one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use crate::Error;
 use crate::dhcp::{ExtraOptions, Lease, Server, longest_domain};
 use crate::sys::{
-    check_name, check_table, interface_ipv4, interface_mtu, ip, link_exists, nft, sysctl,
+    check_name, check_table, interface_ipv4, interface_ipv6, interface_mtu, ip, link_exists, nft,
+    sysctl,
 };
+use crate::{dhcpv6, ndp};
 
 /// KubeVirt's bridge name for the pod interface `eth0`.
 pub const BRIDGE: &str = "k6t-eth0";
@@ -22,6 +24,9 @@ pub const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const PREFIX_LEN: u8 = 24;
 /// Our nftables table in the pod's namespace.
 pub const TABLE: &str = "kuvirt_masquerade";
+/// The bridge's own MAC (locally administered), the source of its router advertisements and
+/// its DHCPv6 DUID.
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x6b, 0x76, 0x00, 0x00, 0x01];
 
 /// A protocol of a declared port (KubeVirt's `ports[].protocol`, TCP by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,6 +88,13 @@ pub struct MasqueradeConfig {
     pub hostname: Option<String>,
     /// DHCP and bridge MTU; the pod interface's when `None`.
     pub mtu: Option<u16>,
+    /// The pod's IPv6 address: with one (found on `pod_interface` when `None` and `ipv6` is
+    /// set), the guest also gets fd10:0:2::2/120 by RA and DHCPv6, NAT'd to it.
+    pub pod_ipv6: Option<Ipv6Addr>,
+    /// Whether to look for (and use) the pod's IPv6 address.
+    pub ipv6: bool,
+    /// IPv6 name servers for DHCPv6.
+    pub dns_servers_v6: Vec<Ipv6Addr>,
     /// `dhcpOptions` (PXE boot, NTP, private options).
     pub extra: ExtraOptions,
     /// Our nftables table.
@@ -107,6 +119,9 @@ impl MasqueradeConfig {
             search_domains: Vec::new(),
             hostname: None,
             mtu: None,
+            pod_ipv6: None,
+            ipv6: true,
+            dns_servers_v6: Vec::new(),
             extra: ExtraOptions::default(),
             table: TABLE.into(),
         }
@@ -144,12 +159,19 @@ pub struct Masquerade {
     config: MasqueradeConfig,
     lease: Lease,
     dhcp: Option<Server>,
+    ra: Option<ndp::Server>,
+    dhcp6: Option<dhcpv6::Server>,
 }
 
 impl Masquerade {
     /// The DHCP server bound on the bridge; run it with `server.run().await`.
     pub fn take_dhcp(&mut self) -> Option<Server> {
         self.dhcp.take()
+    }
+
+    /// The IPv6 servers (router advertisements, DHCPv6) when the pod has IPv6.
+    pub fn take_ipv6(&mut self) -> Option<(ndp::Server, dhcpv6::Server)> {
+        Some((self.ra.take()?, self.dhcp6.take()?))
     }
 
     /// The lease the guest is served.
@@ -183,11 +205,30 @@ pub fn setup(cfg: &MasqueradeConfig) -> Result<Masquerade, Error> {
         None => interface_mtu(pod)?,
     };
     config.mtu = Some(mtu);
+    if config.ipv6 && config.pod_ipv6.is_none() {
+        config.pod_ipv6 = interface_ipv6(pod)?;
+    }
     let (bridge, guest) = (config.bridge.as_str(), config.guest_interface.as_str());
     let mtu_arg = mtu.to_string();
 
     if !link_exists(bridge)? {
         ip(&["link", "add", bridge, "type", "bridge"])?;
+    }
+    // A MAC of its own, so the router advertisements and the DHCPv6 DUID never change with
+    // the ports.
+    ip(&[
+        "link",
+        "set",
+        bridge,
+        "address",
+        &crate::bridge::format_mac(&BRIDGE_MAC),
+    ])?;
+    if config.pod_ipv6.is_some() {
+        sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        sysctl(&format!("net/ipv6/conf/{bridge}/disable_ipv6"), "0")?;
+        sysctl(&format!("net/ipv6/conf/{bridge}/accept_dad"), "0")?;
+        let cidr6 = format!("{}/{}", ndp::GATEWAY, ndp::PREFIX_LEN);
+        ip(&["-6", "addr", "replace", &cidr6, "dev", bridge, "nodad"])?;
     }
     let cidr = format!("{}/{}", config.gateway, config.prefix_len);
     ip(&["addr", "replace", &cidr, "dev", bridge])?;
@@ -200,9 +241,33 @@ pub fn setup(cfg: &MasqueradeConfig) -> Result<Masquerade, Error> {
     sysctl(&format!("net/ipv4/conf/{bridge}/route_localnet"), "1")?;
 
     nft(&crate::nft::ruleset(&config))?;
+    let table = &config.table;
+    match config.pod_ipv6 {
+        Some(pod6) => nft(&crate::nft::ruleset6(&config, pod6))?,
+        None => nft(&format!(
+            "add table ip6 {table}\ndelete table ip6 {table}\n"
+        ))?,
+    }
 
     let lease = config.lease(Some(mtu));
     let dhcp = Server::bind(bridge, lease.clone())?;
+    let (ra, dhcp6) = match config.pod_ipv6 {
+        Some(_) => {
+            let ra_cfg = ndp::RaConfig::masquerade(
+                BRIDGE_MAC,
+                ndp::GATEWAY,
+                ndp::PREFIX_LEN,
+                Some(u32::from(mtu)),
+            );
+            let mut lease6 = dhcpv6::Lease6::new(ndp::GUEST, BRIDGE_MAC);
+            lease6.dns_servers = config.dns_servers_v6.clone();
+            (
+                Some(ndp::Server::bind(bridge, &ra_cfg)?),
+                Some(dhcpv6::Server::bind(bridge, lease6)?),
+            )
+        }
+        None => (None, None),
+    };
     tracing::info!(
         bridge, guest, pod_ip = ?config.pod_ip, mtu, ports = config.ports.len(),
         "masquerade binding set up"
@@ -211,6 +276,8 @@ pub fn setup(cfg: &MasqueradeConfig) -> Result<Masquerade, Error> {
         config,
         lease,
         dhcp: Some(dhcp),
+        ra,
+        dhcp6,
     })
 }
 
@@ -220,6 +287,9 @@ pub fn teardown(cfg: &MasqueradeConfig) -> Result<(), Error> {
     cfg.check_names()?;
     let table = &cfg.table;
     nft(&format!("add table ip {table}\ndelete table ip {table}\n"))?;
+    nft(&format!(
+        "add table ip6 {table}\ndelete table ip6 {table}\n"
+    ))?;
     if link_exists(&cfg.bridge)? {
         ip(&["link", "del", &cfg.bridge])?;
     }
@@ -242,6 +312,14 @@ pub fn create_tap(name: &str, owner_uid: u32, multi_queue: bool) -> Result<(), E
         ip(&args)?;
     }
     Ok(())
+}
+
+/// IPv6 name servers of a resolv.conf.
+pub fn resolv_conf_v6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv6Addr>().ok())
+        .collect()
 }
 
 /// Name servers (IPv4) and search domains of a resolv.conf.

@@ -2,7 +2,7 @@
 //! `nft -f -` script that replaces our table atomically, so loading it twice is harmless.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::masquerade::{MasqueradeConfig, Protocol};
 
@@ -144,6 +144,76 @@ fn set<'a, T: Ord + std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) 
     format!("{{ {} }}", items.join(", "))
 }
 
+/// The IPv6 half (`table ip6 <cfg.table>`), for a pod with IPv6 address `pod_ipv6`: the guest
+/// (fd10:0:2::2) masqueraded out, and TCP/UDP to the pod's IPv6 address from the pod interface
+/// (or from the pod itself) DNAT'd to the guest — the declared ports, or all when none are.
+/// IPv6 has no `route_localnet`, so the pod's ::1 is not forwarded.
+pub fn ruleset6(cfg: &MasqueradeConfig, pod_ipv6: Ipv6Addr) -> String {
+    let table = &cfg.table;
+    let guest = crate::ndp::GUEST;
+    let mut matches = Vec::new();
+    if cfg.ports.is_empty() {
+        matches.push("meta l4proto { tcp, udp }".to_owned());
+    } else {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let ports: Vec<u16> = cfg
+                .ports
+                .iter()
+                .filter(|p| p.protocol == protocol)
+                .map(|p| p.port)
+                .collect();
+            if !ports.is_empty() {
+                matches.push(format!("{} dport {}", protocol.nft(), set(ports.iter())));
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "add table ip6 {table}");
+    let _ = writeln!(out, "delete table ip6 {table}");
+    let _ = writeln!(out, "table ip6 {table} {{");
+    let _ = writeln!(out, "  chain prerouting {{");
+    let _ = writeln!(
+        out,
+        "    type nat hook prerouting priority -100; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "    iifname \"{}\" counter jump {PRE_INBOUND}",
+        cfg.pod_interface
+    );
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain output {{");
+    let _ = writeln!(
+        out,
+        "    type nat hook output priority -100; policy accept;"
+    );
+    if !cfg.local_ports.is_empty() {
+        let _ = writeln!(
+            out,
+            "    ip6 daddr {pod_ipv6} tcp dport {} counter return",
+            set(cfg.local_ports.iter())
+        );
+    }
+    for m in &matches {
+        let _ = writeln!(out, "    ip6 daddr {pod_ipv6} {m} counter dnat to {guest}");
+    }
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain postrouting {{");
+    let _ = writeln!(
+        out,
+        "    type nat hook postrouting priority 100; policy accept;"
+    );
+    let _ = writeln!(out, "    ip6 saddr {guest} counter masquerade");
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "  chain {PRE_INBOUND} {{");
+    for m in &matches {
+        let _ = writeln!(out, "    ip6 daddr {pod_ipv6} {m} counter dnat to {guest}");
+    }
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "}}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +294,49 @@ table ip kuvirt_masquerade {
         let mut cfg = config(vec![]);
         cfg.pod_ip = None;
         assert!(ruleset(&cfg).contains("ip daddr { 127.0.0.1 } counter dnat to 10.0.2.2"));
+    }
+}
+
+#[cfg(test)]
+mod ipv6_rules {
+    use super::*;
+    use crate::masquerade::Port;
+
+    #[test]
+    fn ports_declared_or_all() {
+        let pod6: Ipv6Addr = "fd6b:7576::af4:5".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+        let mut cfg = MasqueradeConfig::new("tap0", [2, 0, 0, 0, 0, 1]);
+        cfg.local_ports = vec![6443];
+        let all = ruleset6(&cfg, pod6);
+        assert!(
+            all.starts_with(
+                "add table ip6 kuvirt_masquerade\ndelete table ip6 kuvirt_masquerade\n"
+            )
+        );
+        assert!(
+            all.contains(&format!(
+                "ip6 daddr {pod6} meta l4proto {{ tcp, udp }} counter dnat to fd10:0:2::2"
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!(
+                "ip6 daddr {pod6} tcp dport {{ 6443 }} counter return"
+            )),
+            "{all}"
+        );
+        assert!(
+            all.contains("ip6 saddr fd10:0:2::2 counter masquerade"),
+            "{all}"
+        );
+        cfg.ports = vec![Port::tcp(80)];
+        let some = ruleset6(&cfg, pod6);
+        assert!(
+            some.contains(&format!(
+                "ip6 daddr {pod6} tcp dport {{ 80 }} counter dnat to fd10:0:2::2"
+            )),
+            "{some}"
+        );
+        assert!(!some.contains("l4proto"), "{some}");
     }
 }

@@ -109,3 +109,15 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Result<(), Error> {
     let path = format!("/proc/sys/{key}");
     std::fs::write(&path, value).map_err(|source| Error::Sysctl { path, source })
 }
+
+/// The interface's global IPv6 address, if it has one.
+pub(crate) fn interface_ipv6(ifname: &str) -> Result<Option<std::net::Ipv6Addr>, Error> {
+    let out = ip(&["-o", "-6", "addr", "show", "dev", ifname, "scope", "global"])?;
+    let mut words = out.split_whitespace();
+    Ok(words
+        .by_ref()
+        .find(|w| *w == "inet6")
+        .and_then(|_| words.next())
+        .and_then(|w| w.split('/').next())
+        .and_then(|w| w.parse().ok()))
+}

@@ -97,9 +97,11 @@ impl Drop for PodNet {
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}0", self.name)])
             .output();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.name])
-            .output();
+        for family in ["ip", "ip6"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &self.name])
+                .output();
+        }
         let _ = std::fs::remove_file(&self.lock);
     }
 }

@@ -5,7 +5,7 @@
 //! handed out.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -55,6 +55,20 @@ impl Cidr {
     }
 
     /// The first address: the bridge's, pods' default gateway.
+    /// The IPv6 pod network that goes with this one (see [`ipv6_of`]), as `ADDR/LEN`.
+    pub fn ipv6(&self) -> String {
+        format!(
+            "{}/{}",
+            ipv6_of(self.network()),
+            96 + u16::from(self.prefix)
+        )
+    }
+
+    /// The IPv6 prefix length of [`Cidr::ipv6`].
+    pub fn ipv6_prefix(&self) -> u8 {
+        96 + self.prefix
+    }
+
     pub fn gateway(&self) -> Option<Ipv4Addr> {
         (self.prefix <= 30).then(|| self.nth(1)).flatten()
     }
@@ -101,6 +115,18 @@ impl FromStr for Cidr {
         }
         Cidr::new(addr, prefix)
     }
+}
+
+/// Pods' IPv6 addresses follow their IPv4 ones: `fd6b:7576::A.B.C.D` (this /96 plus the IPv4
+/// address), so a node's IPv6 pod network is its IPv4 pod CIDR shifted in, 96 bits longer, and a
+/// sticky IPv4 address carries its IPv6 one along.
+pub const IPV6_PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd6b, 0x7576, 0, 0, 0, 0, 0, 0);
+
+/// The IPv6 address that goes with pod (or gateway) address `ip`.
+pub fn ipv6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    let mut o = IPV6_PREFIX.octets();
+    o[12..].copy_from_slice(&ip.octets());
+    Ipv6Addr::from(o)
 }
 
 /// What a pod asks of the allocator besides an address.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::cmd::{run, run_json, run_with_stdin};
-use super::ipam::Cidr;
+use super::ipam::{Cidr, ipv6_of};
 use super::{SandboxConfig, SandboxError};
 
 /// Where `ip netns add` keeps its namespaces.
@@ -63,6 +63,11 @@ pub fn setup_node(cfg: &SandboxConfig, cidr: Cidr) -> Result<(), SandboxError> {
     }
     let addr = format!("{gw}/{}", cidr.prefix());
     run("ip", &["addr", "replace", &addr, "dev", br])?;
+    // Dual stack: the IPv6 gateway that goes with the IPv4 one (no duplicate detection: the
+    // address is ours by construction, and pods must not wait for it).
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "0");
+    let addr6 = format!("{}/{}", ipv6_of(gw), cidr.ipv6_prefix());
+    run("ip", &["addr", "replace", &addr6, "dev", br, "nodad"])?;
     run("ip", &["link", "set", br, "up"])?;
     enable_forwarding()?;
     run_with_stdin("nft", &["-f", "-"], Some(&nft_script(cfg, cidr)))?;
@@ -94,11 +99,13 @@ pub fn teardown_node(cfg: &SandboxConfig) -> Result<(), SandboxError> {
         );
     }
     let table = &cfg.nft_table;
-    if run("nft", &["list", "table", "ip", table]).is_ok() {
-        keep_first(
-            &mut first,
-            run("nft", &["delete", "table", "ip", table]).map(drop),
-        );
+    for family in ["ip", "ip6"] {
+        if run("nft", &["list", "table", family, table]).is_ok() {
+            keep_first(
+                &mut first,
+                run("nft", &["delete", "table", family, table]).map(drop),
+            );
+        }
     }
     if let Ok(ruleset) = run_json("nft", &["-j", "list", "ruleset"]) {
         let comment = forward_comment(cfg);
@@ -136,32 +143,42 @@ fn keep_first(first: &mut Option<SandboxError>, r: Result<(), SandboxError>) {
 }
 
 fn enable_forwarding() -> Result<(), SandboxError> {
-    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        let path = Path::new(path);
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|e| SandboxError::io(path, e))?;
     }
-    std::fs::write(path, "1").map_err(|e| SandboxError::io(path, e))
+    Ok(())
 }
 
 /// Our table, replaced as a whole in one transaction (so a re-run never duplicates rules).
 fn nft_script(cfg: &SandboxConfig, cidr: Cidr) -> String {
     let t = &cfg.nft_table;
     let br = &cfg.bridge;
-    format!(
-        "table ip {t} {{}}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter; policy accept;\n\
-         \t\tiifname \"{br}\" accept\n\
-         \t\toifname \"{br}\" accept\n\
-         \t}}\n\
-         }}\n"
-    )
+    let mut out = String::new();
+    for (family, saddr, range) in [("ip", "ip", cidr.to_string()), ("ip6", "ip6", cidr.ipv6())] {
+        out.push_str(&format!(
+            "table {family} {t} {{}}\n\
+             delete table {family} {t}\n\
+             table {family} {t} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\t{saddr} saddr {range} oifname != \"{br}\" masquerade\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{br}\" accept\n\
+             \t\toifname \"{br}\" accept\n\
+             \t}}\n\
+             }}\n"
+        ));
+    }
+    out
 }
 
 fn forward_comment(cfg: &SandboxConfig) -> String {
@@ -277,11 +294,29 @@ pub fn setup_pod(
         "ip",
         &["-n", netns, "addr", "replace", &addr, "dev", "eth0"],
     )?;
+    let addr6 = format!("{}/{}", ipv6_of(ip), cidr.ipv6_prefix());
+    run(
+        "ip",
+        &[
+            "-n", netns, "addr", "replace", &addr6, "dev", "eth0", "nodad",
+        ],
+    )?;
     run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
     run(
         "ip",
         &[
             "-n", netns, "route", "replace", "default", "via", &gw, "dev", "eth0",
+        ],
+    )?;
+    let gw6 = cidr
+        .gateway()
+        .map(ipv6_of)
+        .unwrap_or(super::ipam::IPV6_PREFIX)
+        .to_string();
+    run(
+        "ip",
+        &[
+            "-n", netns, "-6", "route", "replace", "default", "via", &gw6, "dev", "eth0",
         ],
     )?;
     Ok(())
