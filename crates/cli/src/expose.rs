@@ -209,12 +209,13 @@ fn free_node_port(used: &BTreeSet<i32>, seed: u32) -> Result<i32> {
 }
 
 /// Where the Service answers: `NODE_IP:NODEPORT, …` on the node running the VMI (the only one
-/// with endpoints in embedded mode; the single node when it is not placed yet), or
-/// `CLUSTER_IP:PORT, …` when the Service has a cluster IP. None when neither is known.
+/// with endpoints in embedded mode; the single node when it is not placed yet; `port N of its
+/// node` without either), or `CLUSTER_IP:PORT, …` when the Service has a cluster IP (kuvirt's API
+/// server assigns none).
 async fn reachable_at(client: &kube::Client, ns: &str, vmi: &str, svc: &Service) -> Option<String> {
     let spec = svc.spec.as_ref()?;
     let ports = spec.ports.as_deref().unwrap_or_default();
-    let join = |host: &str, ps: Vec<i32>| {
+    let join = |host: &str, ps: Vec<i32>| -> Option<String> {
         (!ps.is_empty()).then(|| {
             ps.iter()
                 .map(|p| format!("{host}:{p}"))
@@ -224,10 +225,13 @@ async fn reachable_at(client: &kube::Client, ns: &str, vmi: &str, svc: &Service)
     };
     if spec.type_.as_deref() == Some("NodePort") {
         let node_ip = node_ip(client, ns, vmi).await;
-        let node_ports = ports.iter().filter_map(|p| p.node_port).collect();
+        let node_ports: Vec<i32> = ports.iter().filter_map(|p| p.node_port).collect();
         return match node_ip {
             Some(ip) => join(&ip, node_ports),
-            None => join("<node>", node_ports),
+            None => {
+                let ps: Vec<String> = node_ports.iter().map(i32::to_string).collect();
+                (!ps.is_empty()).then(|| format!("port {} of its node", ps.join(", ")))
+            }
         };
     }
     let ip = spec
