@@ -330,16 +330,21 @@ async fn expose_creates_a_service_selecting_the_launcher_pod() {
         "--type",
         "NodePort",
     ]));
-    assert_eq!(
-        out.trim(),
-        "Service web-svc successfully created for vm web"
-    );
     let svc = svcs.get("web-svc").await.unwrap();
     let spec = to_value(svc.spec.as_ref().unwrap());
     assert_eq!(spec["type"], "NodePort");
+    let node_port = spec["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{spec}");
     assert_eq!(
         spec["ports"],
-        json!([{"port": 8080, "targetPort": 80, "protocol": "TCP"}])
+        json!([{"port": 8080, "targetPort": 80, "protocol": "TCP", "nodePort": node_port}])
+    );
+    // No node runs the VM yet: where it will answer.
+    assert_eq!(
+        out.trim(),
+        format!(
+            "Service web-svc successfully created for vm web; reachable at port {node_port} of its node"
+        )
     );
     let owner = &svc.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(

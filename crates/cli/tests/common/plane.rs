@@ -97,9 +97,13 @@ impl Drop for PodNet {
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}0", self.name)])
             .output();
-        for family in ["ip", "ip6"] {
+        for (family, table) in [
+            ("ip", self.name.clone()),
+            ("ip6", self.name.clone()),
+            ("ip", format!("{}_services", self.name)),
+        ] {
             let _ = Command::new("nft")
-                .args(["delete", "table", family, &self.name])
+                .args(["delete", "table", family, &table])
                 .output();
         }
         let _ = std::fs::remove_file(&self.lock);
