@@ -125,6 +125,15 @@ fn parse(lease: &Lease, packet: &[u8]) -> Option<Message> {
                     return None;
                 }
                 if READ_OPTIONS.contains(code) {
+                    // RFC 2132's fixed sizes: anything else is not the option it claims.
+                    let size = match code {
+                        53 => 1,
+                        57 => 2,
+                        _ => 4,
+                    };
+                    if len != size {
+                        return None;
+                    }
                     kept.push(*code);
                     kept.push(len as u8);
                     kept.extend_from_slice(value);

@@ -578,3 +578,23 @@ fn invalid_leases_are_refused() {
         "private option 223 is not in 224..=254"
     );
 }
+
+#[test]
+fn read_options_of_the_wrong_size_are_refused() {
+    let lease = full_lease();
+    let good = bytes(&request(MessageType::Discover, &lease.mac));
+    assert!(respond(&lease, &good).is_some());
+    // Message type with two bytes, server identifier with three, max size with one: each
+    // replaces the options and must not be answered.
+    for opts in [
+        &[53u8, 2, 1, 1][..],
+        &[53, 1, 1, 54, 3, 10, 0, 2][..],
+        &[53, 1, 1, 57, 1, 2][..],
+        &[53, 1, 1, 50, 5, 10, 0, 2, 2, 0][..],
+    ] {
+        let mut packet = good[..240].to_vec();
+        packet.extend_from_slice(opts);
+        packet.push(255);
+        assert_eq!(respond(&lease, &packet), None, "{opts:?}");
+    }
+}
