@@ -731,7 +731,11 @@ fn sticky_ip_annotation_is_an_ipv4_address() {
     expect_vm(&m, "metadata.annotations[kuvirt.io/ip]", Invalid);
     let mut m = vm();
     m.spec.template.as_mut().unwrap().metadata.annotations = ann("x");
-    expect_vm(&m, "spec.template.metadata.annotations[kuvirt.io/ip]", Invalid);
+    expect_vm(
+        &m,
+        "spec.template.metadata.annotations[kuvirt.io/ip]",
+        Invalid,
+    );
     // A VM's sticky address goes to the VMIs it starts.
     let mut m = vm();
     m.metadata.annotations = ann("10.244.0.9");
