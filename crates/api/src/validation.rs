@@ -143,24 +143,23 @@ pub fn validate_vmi(vmi: &VirtualMachineInstance) -> Result<(), FieldErrors> {
     errs.into_result()
 }
 
-/// `kuvirt.io/ip`, when present, is one IPv4 address.
+/// `kuvirt.io/ip` and `kuvirt.io/ip-lease`, when present, are one IPv4 address each.
 fn validate_ip_annotation(
     path: &FieldPath,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     errs: &mut FieldErrors,
 ) {
-    let ip = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::v1::IP_ANNOTATION));
-    if let Some(ip) = ip
-        && ip.parse::<std::net::Ipv4Addr>().is_err()
-    {
-        errs.push(
-            &path.child("annotations").key(crate::v1::IP_ANNOTATION),
-            FieldErrorKind::Invalid,
-            format!("{ip:?} is not an IPv4 address"),
-        );
+    for key in [crate::v1::IP_ANNOTATION, crate::v1::IP_LEASE_ANNOTATION] {
+        let ip = meta.annotations.as_ref().and_then(|a| a.get(key));
+        if let Some(ip) = ip
+            && ip.parse::<std::net::Ipv4Addr>().is_err()
+        {
+            errs.push(
+                &path.child("annotations").key(key),
+                FieldErrorKind::Invalid,
+                format!("{ip:?} is not an IPv4 address"),
+            );
+        }
     }
 }
 

@@ -201,7 +201,15 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             iface.ip_address.as_deref(),
             Some(pod_ip.to_string().as_str())
         );
-        assert_eq!(iface.ip_addresses, vec![pod_ip.to_string()]);
+        // Masquerade (the default binding) NATs the pod's IPv6 address too: fd6b:7576::<IPv4>.
+        let o = pod_ip.octets();
+        let pod_ip6 = std::net::Ipv6Addr::from([
+            0xfd, 0x6b, 0x75, 0x76, 0, 0, 0, 0, 0, 0, 0, 0, o[0], o[1], o[2], o[3],
+        ]);
+        assert_eq!(
+            iface.ip_addresses,
+            vec![pod_ip.to_string(), pod_ip6.to_string()]
+        );
         assert_eq!(iface.info_source.as_deref(), Some("domain"));
         assert_eq!(iface.mac.as_deref().map(str::len), Some(17));
         let netns = pod_netns(&plane, pod.metadata.uid.as_deref().unwrap());

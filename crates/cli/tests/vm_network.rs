@@ -356,15 +356,15 @@ async fn run_strategy(vms: &Api<VirtualMachine>, name: &str, strategy: &str) {
     .unwrap();
 }
 
-/// The VM's `kuvirt.io/ip`, once it has one.
+/// The VM's sticky IP (`kuvirt.io/ip-lease`), once it has one.
 async fn sticky_ip(vms: &Api<VirtualMachine>, name: &str) -> Ipv4Addr {
-    until(&format!("{name}'s kuvirt.io/ip"), BOOT, async || {
+    until(&format!("{name}'s kuvirt.io/ip-lease"), BOOT, async || {
         vms.get(name)
             .await
             .ok()?
             .metadata
             .annotations?
-            .get("kuvirt.io/ip")?
+            .get("kuvirt.io/ip-lease")?
             .parse()
             .ok()
     })

@@ -122,13 +122,13 @@ pub fn render(vmi: &VirtualMachineInstance, image: &str) -> Result<Pod, RenderEr
     labels.insert("vm.kubevirt.io/name".into(), name.clone());
     let mut annotations = BTreeMap::new();
     annotations.insert(DOMAIN_ANNOTATION.into(), name.clone());
-    if let Some(ip) = vmi
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(kuvirt_api::v1::IP_ANNOTATION))
-    {
-        annotations.insert(kuvirt_api::v1::IP_ANNOTATION.into(), ip.clone());
+    for key in [
+        kuvirt_api::v1::IP_ANNOTATION,
+        kuvirt_api::v1::IP_LEASE_ANNOTATION,
+    ] {
+        if let Some(ip) = vmi.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
+            annotations.insert(key.into(), ip.clone());
+        }
     }
     let mut node_selector = vmi.spec.node_selector.clone().unwrap_or_default();
     node_selector.insert(SCHEDULABLE_LABEL.into(), "true".into());

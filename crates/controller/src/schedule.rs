@@ -147,9 +147,16 @@ pub fn pick(
         .as_ref()
         .and_then(|a| a.get(kuvirt_api::v1::IP_ANNOTATION))
         .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
+    // A sticky IP (`kuvirt.io/ip-lease`) only prefers the node that can keep it.
+    let leased_ip = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kuvirt_api::v1::IP_LEASE_ANNOTATION))
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
     let mut reasons = Vec::new();
-    // (preferred pod affinity score, free memory, name)
-    let mut best: Option<(i64, u64, String)> = None;
+    // (keeps its sticky IP, preferred pod affinity score, free memory, name)
+    let mut best: Option<(bool, i64, u64, String)> = None;
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -229,14 +236,16 @@ pub fn pick(
         }
         let score = inter_pod.score(&labels);
         let free = cap_mem.saturating_sub(used_mem).saturating_sub(want_mem);
-        let better = best.as_ref().is_none_or(|(s, f, n)| {
-            (score, free, std::cmp::Reverse(&name)) > (*s, *f, std::cmp::Reverse(n))
+        let keeps =
+            leased_ip.is_some_and(|ip| pod_cidrs(&nspec).iter().any(|c| cidr_contains(c, ip)));
+        let better = best.as_ref().is_none_or(|(k, s, f, n)| {
+            (keeps, score, free, std::cmp::Reverse(&name)) > (*k, *s, *f, std::cmp::Reverse(n))
         });
         if better {
-            best = Some((score, free, name));
+            best = Some((keeps, score, free, name));
         }
     }
-    best.map(|(_, _, n)| n).ok_or(Unschedulable {
+    best.map(|(_, _, _, n)| n).ok_or(Unschedulable {
         total: nodes.len(),
         reasons,
     })
@@ -309,6 +318,12 @@ mod tests {
                 .contains("does not contain the requested IP 10.9.0.1"),
             "{err}"
         );
+        // A lease prefers its node (a, with less free memory) but moves when that is not ready.
+        p.metadata.annotations =
+            Some([("kuvirt.io/ip-lease".to_owned(), "10.1.0.9".to_owned())].into());
+        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "a");
+        nodes[0].status = node("a", "1Gi", json!({}), false).status;
+        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "b");
         assert!(cidr_contains("0.0.0.0/0", "1.2.3.4".parse().unwrap()));
         assert!(!cidr_contains("10.1.0.0/33", "10.1.0.1".parse().unwrap()));
     }

@@ -1,32 +1,29 @@
-//! Sticky pod IPs: what a launcher pod asks of the node's IPAM (the address in its
-//! `kuvirt.io/ip`, and none of the addresses other VMs keep while stopped), and recording the
-//! address a VM got on the VM itself (`metadata.annotations["kuvirt.io/ip"]`), so the store
-//! holds the lease: the VM's next VMI asks for the same address, and deleting the VM frees it.
+//! Sticky pod IPs: what a launcher pod asks of the node's IPAM (the fixed address in its
+//! `kuvirt.io/ip`, else preferably its lease `kuvirt.io/ip-lease`, and none of the addresses
+//! other VMs keep while stopped), and recording the address a VM got on the VM itself
+//! (`metadata.annotations["kuvirt.io/ip-lease"]`), so the store holds the lease: the VM's next
+//! VMI asks for the same address, and deleting the VM frees it.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kuvirt_api::v1::IP_ANNOTATION;
+use kuvirt_api::v1::{IP_ANNOTATION, IP_LEASE_ANNOTATION};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use serde_json::json;
 
 use crate::sandbox::ipam::IpRequest;
 
-/// The address `pod` asks for, if any; `Err` names an annotation that is not an IPv4 address.
-pub fn requested(pod: &Pod) -> Result<Option<Ipv4Addr>, String> {
-    let Some(text) = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(IP_ANNOTATION))
-    else {
+/// The address `pod` asks for under `key`, if any; `Err` names an annotation that is not an
+/// IPv4 address.
+pub fn requested(pod: &Pod, key: &str) -> Result<Option<Ipv4Addr>, String> {
+    let Some(text) = pod.metadata.annotations.as_ref().and_then(|a| a.get(key)) else {
         return Ok(None);
     };
     text.parse()
         .map(Some)
-        .map_err(|_| format!("{IP_ANNOTATION} {text:?} is not an IPv4 address"))
+        .map_err(|_| format!("{key} {text:?} is not an IPv4 address"))
 }
 
 /// The addresses VMs other than `ns/vm` keep (their `kuvirt.io/ip`).
@@ -35,13 +32,11 @@ pub fn reserved_by_others(vms: &[VirtualMachine], ns: &str, vm: &str) -> BTreeSe
         .filter(|v| {
             (v.metadata.namespace.as_deref(), v.metadata.name.as_deref()) != (Some(ns), Some(vm))
         })
-        .filter_map(|v| {
-            v.metadata
-                .annotations
-                .as_ref()?
-                .get(IP_ANNOTATION)?
-                .parse()
-                .ok()
+        .flat_map(|v| {
+            [IP_ANNOTATION, IP_LEASE_ANNOTATION]
+                .into_iter()
+                .filter_map(|k| v.metadata.annotations.as_ref()?.get(k)?.parse().ok())
+                .collect::<Vec<Ipv4Addr>>()
         })
         .collect()
 }
@@ -65,7 +60,9 @@ pub async fn request(
     ns: &str,
     vmi: Option<&VirtualMachineInstance>,
 ) -> Result<IpRequest, String> {
-    let address = requested(pod)?;
+    let address = requested(pod, IP_ANNOTATION)?;
+    // A lease that is not an address is no preference.
+    let prefer = requested(pod, IP_LEASE_ANNOTATION).ok().flatten();
     let vm = vmi.and_then(owner_vm).unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let reserved = match vms.list(&ListParams::default()).await {
@@ -75,11 +72,16 @@ pub async fn request(
             BTreeSet::new()
         }
     };
-    Ok(IpRequest { address, reserved })
+    Ok(IpRequest {
+        address,
+        prefer,
+        reserved,
+    })
 }
 
-/// Writes `ip` on the VM that owns `vmi` when it does not say so already (best effort: the next
-/// start without it only loses stickiness).
+/// Writes `ip` as the lease of the VM that owns `vmi` when it does not say so already (best
+/// effort: the next start without it only loses stickiness). A VM that moved to another node's
+/// pod CIDR gets its new address as its lease.
 pub async fn record(client: &kube::Client, ns: &str, vmi: &VirtualMachineInstance, ip: Ipv4Addr) {
     let Some(vm) = owner_vm(vmi) else {
         return;
@@ -98,12 +100,12 @@ pub async fn record(client: &kube::Client, ns: &str, vmi: &VirtualMachineInstanc
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(IP_ANNOTATION))
-        .is_some();
+        .and_then(|a| a.get(IP_LEASE_ANNOTATION))
+        .is_some_and(|l| *l == ip.to_string());
     if !owned || has {
         return;
     }
-    let patch = json!({"metadata": {"annotations": {IP_ANNOTATION: ip.to_string()}}});
+    let patch = json!({"metadata": {"annotations": {IP_LEASE_ANNOTATION: ip.to_string()}}});
     if let Err(e) = vms
         .patch(&vm, &PatchParams::default(), &Patch::Merge(patch))
         .await
@@ -137,21 +139,36 @@ mod tests {
             vm("a", "three", None),
             vm("a", "four", Some("not-an-ip")),
         ];
+        let mut leased = vm("c", "five", None);
+        leased.metadata.annotations =
+            Some([(IP_LEASE_ANNOTATION.to_owned(), "10.244.0.8".to_owned())].into());
+        let vms: Vec<_> = vms.into_iter().chain([leased]).collect();
         let got: Vec<_> = reserved_by_others(&vms, "a", "one").into_iter().collect();
         assert_eq!(
             got,
-            vec![Ipv4Addr::new(10, 244, 0, 6), Ipv4Addr::new(10, 244, 0, 7)]
+            vec![
+                Ipv4Addr::new(10, 244, 0, 6),
+                Ipv4Addr::new(10, 244, 0, 7),
+                Ipv4Addr::new(10, 244, 0, 8)
+            ]
         );
     }
 
     #[test]
     fn a_pod_asks_for_its_annotation() {
         let mut pod = Pod::default();
-        assert_eq!(requested(&pod), Ok(None));
+        assert_eq!(requested(&pod, IP_ANNOTATION), Ok(None));
         pod.metadata.annotations =
             Some([(IP_ANNOTATION.to_owned(), "10.244.0.9".to_owned())].into());
-        assert_eq!(requested(&pod), Ok(Some(Ipv4Addr::new(10, 244, 0, 9))));
+        assert_eq!(
+            requested(&pod, IP_ANNOTATION),
+            Ok(Some(Ipv4Addr::new(10, 244, 0, 9)))
+        );
         pod.metadata.annotations = Some([(IP_ANNOTATION.to_owned(), "x".to_owned())].into());
-        assert!(requested(&pod).unwrap_err().contains("not an IPv4 address"));
+        assert!(
+            requested(&pod, IP_ANNOTATION)
+                .unwrap_err()
+                .contains("not an IPv4 address")
+        );
     }
 }

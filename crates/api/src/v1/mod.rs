@@ -30,10 +30,16 @@ pub const VERSION: &str = "v1";
 /// `apiVersion` value of every object in this module.
 pub const API_VERSION: &str = "kubevirt.io/v1";
 
-/// kuvirt's sticky pod IP of a VM (or a VMI): set by the user to ask for an address, written by
-/// the node agent with the address a VM first got, so it keeps it across stop/start. A VM's
-/// annotation is copied to each VMI it starts, and a VMI's to its launcher pod.
+/// A fixed pod IP asked for by the user on a VM (or a VMI): honoured or refused, never changed.
+/// A VM's annotation is copied to each VMI it starts, and a VMI's to its launcher pod.
 pub const IP_ANNOTATION: &str = "kuvirt.io/ip";
+
+/// A VM's sticky pod IP, written by the node agent with the address the VM's pod got: its next
+/// VMI asks for it again (stop/start, node restarts keep the address), and no other VM gets it.
+/// A preference, not a requirement: when the VM must move to a node whose pod CIDR does not
+/// hold it, the VM gets a new address there and the lease follows. Copied like
+/// [`IP_ANNOTATION`].
+pub const IP_LEASE_ANNOTATION: &str = "kuvirt.io/ip-lease";
 
 /// Fields of a JSON object that this crate does not model; written back unchanged.
 pub type Extra = serde_json::Map<String, serde_json::Value>;

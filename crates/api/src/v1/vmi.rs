@@ -73,16 +73,13 @@ impl VirtualMachineInstance {
         metadata.name = vm.metadata.name.clone();
         metadata.generate_name = None;
         metadata.namespace = vm.metadata.namespace.clone();
-        if let Some(ip) = vm
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(super::IP_ANNOTATION))
-        {
-            metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(super::IP_ANNOTATION.to_owned(), ip.clone());
+        for key in [super::IP_ANNOTATION, super::IP_LEASE_ANNOTATION] {
+            if let Some(ip) = vm.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
+                metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(key.to_owned(), ip.clone());
+            }
         }
         metadata.owner_references = Some(vec![OwnerReference {
             api_version: API_VERSION.to_owned(),

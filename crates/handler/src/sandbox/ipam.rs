@@ -134,6 +134,8 @@ pub fn ipv6_of(ip: Ipv4Addr) -> Ipv6Addr {
 pub struct IpRequest {
     /// This address and no other (`kuvirt.io/ip`).
     pub address: Option<Ipv4Addr>,
+    /// This address if it is free here (`kuvirt.io/ip-lease`), else any.
+    pub prefer: Option<Ipv4Addr>,
     /// Addresses other VMs keep while they are stopped: never handed to another pod.
     pub reserved: std::collections::BTreeSet<Ipv4Addr>,
 }
@@ -208,6 +210,27 @@ impl Ipam {
                 }
                 Err(e) => Err(SandboxError::io(&path, e)),
             };
+        }
+        if let Some(ip) = want.prefer {
+            let i = u64::from(u32::from(ip).wrapping_sub(u32::from(self.cidr.network())));
+            if self.cidr.contains(ip) && (first..=last).contains(&i) && !want.reserved.contains(&ip)
+            {
+                let path = self.dir.join(ip.to_string());
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                {
+                    Ok(mut f) => {
+                        use std::io::Write;
+                        f.write_all(uid.as_bytes())
+                            .map_err(|e| SandboxError::io(&path, e))?;
+                        return Ok(ip);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(SandboxError::io(&path, e)),
+                }
+            }
         }
         let after = std::fs::read_to_string(self.dir.join(LAST_RESERVED))
             .ok()
@@ -369,6 +392,7 @@ mod tests {
         let ask = |ip: [u8; 4]| IpRequest {
             address: Some(Ipv4Addr::from(ip)),
             reserved: [Ipv4Addr::new(10, 9, 0, 6)].into(),
+            ..IpRequest::default()
         };
         assert_eq!(
             ipam.allocate_as("a", &ask([10, 9, 0, 4])).unwrap(),
@@ -386,10 +410,25 @@ mod tests {
         assert!(why("b", [10, 9, 0, 7]).contains("not a pod address"));
         assert!(why("b", [10, 9, 1, 2]).contains("not a pod address"));
         assert!(why("b", [10, 9, 0, 6]).ends_with("another VM keeps it"));
+        // A preference is had when free, else any address.
+        let prefer = |ip: [u8; 4]| IpRequest {
+            prefer: Some(Ipv4Addr::from(ip)),
+            ..IpRequest::default()
+        };
+        assert_eq!(
+            ipam.allocate_as("p", &prefer([10, 9, 0, 3])).unwrap(),
+            Ipv4Addr::new(10, 9, 0, 3)
+        );
+        assert_ne!(
+            ipam.allocate_as("q", &prefer([10, 9, 0, 3])).unwrap(),
+            Ipv4Addr::new(10, 9, 0, 3)
+        );
+        ipam.release("p").unwrap();
+        ipam.release("q").unwrap();
         // Without a request: never the reserved .6.
         let free = IpRequest {
-            address: None,
             reserved: [Ipv4Addr::new(10, 9, 0, 6)].into(),
+            ..IpRequest::default()
         };
         let got: Vec<_> = ["b", "c", "d", "e"]
             .iter()
@@ -397,10 +436,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
+            // round robin after .2, which q had last
             vec![
-                Ok(Ipv4Addr::new(10, 9, 0, 2)),
                 Ok(Ipv4Addr::new(10, 9, 0, 3)),
                 Ok(Ipv4Addr::new(10, 9, 0, 5)),
+                Ok(Ipv4Addr::new(10, 9, 0, 2)),
                 Err("ipam 10.9.0.0/29: no free address".into())
             ]
         );
