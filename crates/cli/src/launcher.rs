@@ -65,12 +65,15 @@ fn join_cgroups(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// QEMU's backends, the tasks serving the guest, and its address on the pod network.
-type PodNetwork = (
-    BTreeMap<String, NetBackend>,
-    Vec<AbortOnDrop>,
-    Option<Ipv4Addr>,
-);
+/// The VM's side of the pod network: QEMU's backends, the tasks and processes serving the guest
+/// (dropped: stopped), its address, and where its metadata requests come from.
+struct PodNetwork {
+    nics: BTreeMap<String, NetBackend>,
+    tasks: Vec<AbortOnDrop>,
+    _passt: Vec<kuvirt_netbind::passt::Passt>,
+    guest: Option<Ipv4Addr>,
+    metadata_peers: Vec<std::net::IpAddr>,
+}
 
 /// The VM's interfaces bound to the pod network (masquerade or bridge, inside the pod's network
 /// namespace), their DHCP servers running on this runtime until the returned tasks are dropped,
@@ -83,7 +86,13 @@ fn pod_network(
 ) -> Result<PodNetwork> {
     let Some((uid, _)) = default_run_as() else {
         eprintln!("warning: not root: the pod network is QEMU's user-mode network");
-        return Ok((user_mode_nics(vmi)?, Vec::new(), None));
+        return Ok(PodNetwork {
+            nics: user_mode_nics(vmi)?,
+            tasks: Vec::new(),
+            _passt: Vec::new(),
+            guest: None,
+            metadata_peers: Vec::new(),
+        });
     };
     let plans = network::plan(vmi)?;
     let pod = network::PodContext {
@@ -112,19 +121,26 @@ fn pod_network(
             }))
         })
         .collect();
-    let guest = bound.guest_addresses.values().next().copied();
-    Ok((bound.backends, tasks, guest))
+    Ok(PodNetwork {
+        guest: bound.guest_addresses.values().next().copied(),
+        nics: bound.backends,
+        tasks,
+        _passt: bound.passt,
+        metadata_peers: bound.metadata_peers,
+    })
 }
 
 /// How often the metadata service's content is rebuilt from the VMI and its key Secrets.
 const METADATA_REFRESH: Duration = Duration::from_secs(2);
 
-/// The metadata service at 169.254.169.254 for `guest` only, and the task that keeps its content
+/// The metadata service at 169.254.169.254 for the guest only (`peers`: its address as the pod
+/// sees it), and the task that keeps its content
 /// following the VMI (an SSH key changed in a Secret shows without a restart).
 async fn metadata_service(
     vmis: Api<VirtualMachineInstance>,
     vmi: &VirtualMachineInstance,
     guest: Ipv4Addr,
+    peers: Vec<std::net::IpAddr>,
 ) -> Result<(AbortOnDrop, AbortOnDrop)> {
     use kuvirt_netbind::metadata::{AllowedPeers, SERVICE_ADDR, Server};
     let server = Server::bind(SERVICE_ADDR).context("metadata service")?;
@@ -135,7 +151,7 @@ async fn metadata_service(
     let first = metadata::content(vmi, ssh_keys(&secrets, vmi).await, Some(guest));
     let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(first));
     let serve = AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = server.run(rx, AllowedPeers::only(guest)).await {
+        if let Err(e) = server.run(rx, AllowedPeers::Only(peers)).await {
             eprintln!("warning: metadata service stopped: {e}");
         }
     }));
@@ -229,10 +245,12 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
             args.vmi_uid
         );
     }
-    let (nics, mut tasks, guest) = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
+    let mut net = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
+    let guest = net.guest;
     if let Some(guest) = guest {
-        let (server, refresh) = metadata_service(vmis.clone(), &vmi, guest).await?;
-        tasks.extend([server, refresh]);
+        let peers = net.metadata_peers.clone();
+        let (server, refresh) = metadata_service(vmis.clone(), &vmi, guest, peers).await?;
+        net.tasks.extend([server, refresh]);
     }
     let state = state_dir(args.state_dir)?;
     let mode: AccelMode = args.accel.parse()?;
@@ -277,7 +295,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
         },
     };
     let session = tokio::select! {
-        s = Session::start(&vmi, nics, &opts) => s.with_context(|| format!("vm {shown}"))?,
+        s = Session::start(&vmi, net.nics.clone(), &opts) => s.with_context(|| format!("vm {shown}"))?,
         _ = signals.next() => anyhow::bail!("vm {shown}: stopped while starting"),
     };
     eprintln!(

@@ -529,3 +529,47 @@ async fn masquerade_ipv6_by_router_advertisements_and_dhcpv6() {
 
     halt(&vms, &["six"], state).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passt_hands_the_pod_ip_to_the_guest_and_forwards_declared_ports() {
+    let plane = Plane::new();
+    let _server = plane.spawn();
+    let client = plane.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
+    let state = plane.state.path();
+    let gateway = node_gateway(client, &plane.node).await;
+
+    let spec = vm(
+        "pt",
+        serde_json::json!({"passt": {}, "ports": [{"name": "http", "port": 80}]}),
+        "kuvirt.metadata=1",
+    );
+    vms.create(&PostParams::default(), &spec).await.unwrap();
+    let (pod_ip, _) = interface(&vmis, "pt").await;
+
+    // passt's own DHCP: the pod's address and gateway.
+    let lease = guest_line(state, "pt", "dhcp iface=eth0").await;
+    assert!(
+        lease.starts_with(&format!(
+            "kuvirt-guest: dhcp iface=eth0 ip={pod_ip}/24 gw={gateway} "
+        )),
+        "{lease}"
+    );
+    // The metadata service answers through passt.
+    assert_eq!(
+        guest_line(state, "pt", "metadata").await,
+        "kuvirt-guest: metadata-hostname=pt"
+    );
+    // The declared port of the pod IP reaches the guest.
+    guest_line(state, "pt", "ready").await;
+    let body = until(
+        "the guest's HTTP answer",
+        Duration::from_secs(30),
+        async || http_get(SocketAddr::from((pod_ip, 80))).ok(),
+    )
+    .await;
+    assert!(body.starts_with("kuvirt-guest "), "{body}");
+
+    halt(&vms, &["pt"], state).await;
+}

@@ -24,6 +24,8 @@ pub enum Binding {
     Masquerade { ports: Vec<Port> },
     /// The guest takes the pod IP.
     Bridge,
+    /// passt gives the guest the pod IP and forwards the declared ports.
+    Passt { ports: Vec<Port> },
 }
 
 /// One interface's binding, as the VMI asks for it.
@@ -81,9 +83,18 @@ pub fn plan(vmi: &VirtualMachineInstance) -> Result<Vec<InterfacePlan>, ConvertE
                 ports: ports(&iface.ports, &field)?,
             },
             Some(InterfaceBindingRef::Bridge) => Binding::Bridge,
+            Some(InterfaceBindingRef::Passt) => {
+                let ports = ports(&iface.ports, &field)?;
+                if ports.is_empty() {
+                    return Err(err(
+                        format!("{field}.ports"),
+                        "the passt binding needs the ports to forward declared (forwarding every port takes a socket per port)",
+                    ));
+                }
+                Binding::Passt { ports }
+            }
             Some(other) => {
                 let what = match other {
-                    InterfaceBindingRef::Passt => "passt".to_owned(),
                     InterfaceBindingRef::Sriov => "sriov".to_owned(),
                     InterfaceBindingRef::Plugin(p) => format!("binding plugin {:?}", p.name),
                     _ => format!("{other:?}"),
@@ -91,7 +102,7 @@ pub fn plan(vmi: &VirtualMachineInstance) -> Result<Vec<InterfacePlan>, ConvertE
                 return Err(err(
                     field,
                     format!(
-                        "the {what} binding is not supported on the pod network (use masquerade or bridge)"
+                        "the {what} binding is not supported on the pod network (use masquerade, bridge or passt)"
                     ),
                 ));
             }
@@ -256,8 +267,13 @@ pub struct Bound {
     pub backends: BTreeMap<String, NetBackend>,
     pub servers: Vec<Serving>,
     /// The guest's address on each interface (10.0.2.2 behind masquerade, the pod IP on a
-    /// bridge).
+    /// bridge or with passt).
     pub guest_addresses: BTreeMap<String, Ipv4Addr>,
+    /// Where the guest's connections to the metadata service come from, as the pod sees them
+    /// (passt makes them itself, from the service's own address).
+    pub metadata_peers: Vec<std::net::IpAddr>,
+    /// passt processes, stopped when dropped.
+    pub passt: Vec<kuvirt_netbind::passt::Passt>,
 }
 
 /// Sets up every planned binding in the current network namespace (the pod's), and the way to
@@ -267,9 +283,9 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
     let (dns_servers, search_domains) = masquerade::parse_resolv_conf(&pod.resolv_conf);
     let mut bound = Bound::default();
     for p in plans {
-        masquerade::create_tap(&p.tap, pod.qemu_uid, p.multi_queue)?;
         let (mut server, address) = match &p.binding {
             Binding::Masquerade { ports } => {
+                masquerade::create_tap(&p.tap, pod.qemu_uid, p.multi_queue)?;
                 let mut cfg = MasqueradeConfig::new(&p.tap, p.mac);
                 cfg.ports = ports.clone();
                 cfg.local_ports = pod.local_ports.clone();
@@ -287,6 +303,7 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 (m.take_dhcp(), m.lease().address)
             }
             Binding::Bridge => {
+                masquerade::create_tap(&p.tap, pod.qemu_uid, p.multi_queue)?;
                 let state = pod.state_dir.join(format!("bridge-{}.state", p.tap));
                 let mut cfg = bridge::BridgeConfig::new(&p.tap, p.mac, state);
                 cfg.dns_servers = dns_servers.clone();
@@ -297,15 +314,37 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 plumb::bridged(&cfg.bridge, &p.tap, b.lease().address)?;
                 (b.take_dhcp(), b.lease().address)
             }
+            Binding::Passt { ports } => {
+                let cfg = kuvirt_netbind::passt::PasstConfig {
+                    socket: pod.state_dir.join("passt").join(format!("{}.sock", p.tap)),
+                    pod_interface: "eth0".into(),
+                    ports: ports.clone(),
+                    mtu: None,
+                    log: pod.state_dir.join(format!("passt-{}.log", p.tap)),
+                    run_as: pod.qemu_uid,
+                };
+                let passt = kuvirt_netbind::passt::start(&cfg)?;
+                plumb::local_address()?;
+                let address = passt.pod_ip();
+                bound
+                    .metadata_peers
+                    .push(kuvirt_netbind::metadata::SERVICE_ADDR.ip());
+                bound.passt.push(passt);
+                bound
+                    .backends
+                    .insert(p.name.clone(), NetBackend::Passt { socket: cfg.socket });
+                (None, address)
+            }
         };
         bound.servers.extend(server.take().map(Serving::Dhcp));
         bound.guest_addresses.insert(p.name.clone(), address);
-        bound.backends.insert(
-            p.name.clone(),
-            NetBackend::Tap {
+        bound.metadata_peers.push(address.into());
+        bound
+            .backends
+            .entry(p.name.clone())
+            .or_insert_with(|| NetBackend::Tap {
                 ifname: p.tap.clone(),
-            },
-        );
+            });
     }
     Ok(bound)
 }
@@ -379,6 +418,22 @@ mod tests {
         assert_eq!(
             plan(&v).unwrap_err().field,
             "spec.domain.devices.interfaces[0].ports[0].port"
+        );
+        let v = vmi(&format!(
+            "{BASE}      - name: default\n        passt: {{}}\n"
+        ));
+        assert_eq!(
+            plan(&v).unwrap_err().field,
+            "spec.domain.devices.interfaces[0].ports"
+        );
+        let v = vmi(&format!(
+            "{BASE}      - name: default\n        passt: {{}}\n        ports: [{{port: 22}}]\n"
+        ));
+        assert_eq!(
+            plan(&v).unwrap()[0].binding,
+            Binding::Passt {
+                ports: vec![Port::tcp(22)]
+            }
         );
         let v = vmi(&format!(
             "{BASE}      - name: default\n        sriov: {{}}\n"

@@ -8,6 +8,7 @@ pub mod masquerade;
 pub mod metadata;
 pub mod ndp;
 pub mod nft;
+pub mod passt;
 mod sys;
 
 use crate::dhcp::ServeError;
