@@ -112,6 +112,14 @@ impl std::fmt::Display for ClusterCidr {
     }
 }
 
+/// Whether one of `node`'s pod CIDRs holds `ip`.
+pub(crate) fn node_holds(node: &Node, ip: Ipv4Addr) -> bool {
+    node_cidrs(node)
+        .iter()
+        .filter_map(|c| parse(c))
+        .any(|(net, prefix)| u32::from(ip) & mask(prefix) == u32::from(net))
+}
+
 /// The pod CIDRs a node holds.
 fn node_cidrs(node: &Node) -> Vec<String> {
     let Some(spec) = node.spec.as_ref() else {
@@ -225,5 +233,8 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(node_cidrs(&n), vec!["10.244.3.0/24", "10.244.3.0/24"]);
         assert!(node_cidrs(&Node::default()).is_empty());
+        assert!(node_holds(&n, Ipv4Addr::new(10, 244, 3, 200)));
+        assert!(!node_holds(&n, Ipv4Addr::new(10, 244, 4, 1)));
+        assert!(!node_holds(&Node::default(), Ipv4Addr::new(10, 244, 3, 1)));
     }
 }

@@ -97,27 +97,6 @@ fn tolerated(taint: &k8s_openapi::api::core::v1::Taint, tolerations: &[Toleratio
     })
 }
 
-fn pod_cidrs(spec: &k8s_openapi::api::core::v1::NodeSpec) -> Vec<String> {
-    let mut out = spec.pod_cidrs.clone().unwrap_or_default();
-    out.extend(spec.pod_cidr.clone());
-    out
-}
-
-/// Whether IPv4 CIDR `cidr` (`A.B.C.D/N`) contains `ip`.
-fn cidr_contains(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
-    let Some((net, len)) = cidr.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
-        return false;
-    };
-    if len > 32 {
-        return false;
-    }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(net) & mask == u32::from(ip) & mask
-}
-
 fn terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -170,7 +149,7 @@ pub fn pick(
             continue;
         }
         if let Some(ip) = requested_ip
-            && !pod_cidrs(&nspec).iter().any(|c| cidr_contains(c, ip))
+            && !crate::podcidr::node_holds(node, ip)
         {
             reasons.push(format!(
                 "{name}: its pod CIDR does not contain the requested IP {ip} ({})",
@@ -236,8 +215,7 @@ pub fn pick(
         }
         let score = inter_pod.score(&labels);
         let free = cap_mem.saturating_sub(used_mem).saturating_sub(want_mem);
-        let keeps =
-            leased_ip.is_some_and(|ip| pod_cidrs(&nspec).iter().any(|c| cidr_contains(c, ip)));
+        let keeps = leased_ip.is_some_and(|ip| crate::podcidr::node_holds(node, ip));
         let better = best.as_ref().is_none_or(|(k, s, f, n)| {
             (keeps, score, free, std::cmp::Reverse(&name)) > (*k, *s, *f, std::cmp::Reverse(n))
         });
@@ -324,8 +302,6 @@ mod tests {
         assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "a");
         nodes[0].status = node("a", "1Gi", json!({}), false).status;
         assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "b");
-        assert!(cidr_contains("0.0.0.0/0", "1.2.3.4".parse().unwrap()));
-        assert!(!cidr_contains("10.1.0.0/33", "10.1.0.1".parse().unwrap()));
     }
 
     #[test]
