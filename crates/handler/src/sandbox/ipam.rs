@@ -129,6 +129,14 @@ pub fn ipv6_of(ip: Ipv4Addr) -> Ipv6Addr {
     Ipv6Addr::from(o)
 }
 
+/// Whether an address file was ours to create.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    Ours,
+    /// Another pod's (its UID).
+    Held(String),
+}
+
 /// What a pod asks of the allocator besides an address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpRequest {
@@ -180,10 +188,13 @@ impl Ipam {
         let first = 2u64;
         let last = self.cidr.size() - 2;
         let count = last - first + 1;
+        let usable = |ip: Ipv4Addr| {
+            let i = u64::from(u32::from(ip).wrapping_sub(u32::from(self.cidr.network())));
+            self.cidr.contains(ip) && (first..=last).contains(&i)
+        };
         if let Some(ip) = want.address {
             let refuse = |why: String| SandboxError::IpRequest { ip, why };
-            let i = u64::from(u32::from(ip).wrapping_sub(u32::from(self.cidr.network())));
-            if !self.cidr.contains(ip) || !(first..=last).contains(&i) {
+            if !usable(ip) {
                 return Err(refuse(format!(
                     "not a pod address of this node's pod CIDR {}",
                     self.cidr
@@ -192,45 +203,17 @@ impl Ipam {
             if want.reserved.contains(&ip) {
                 return Err(refuse("another VM keeps it".into()));
             }
-            let path = self.dir.join(ip.to_string());
-            return match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(uid.as_bytes())
-                        .map_err(|e| SandboxError::io(&path, e))?;
-                    Ok(ip)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
-                    Err(refuse(format!("pod {} holds it", owner.trim())))
-                }
-                Err(e) => Err(SandboxError::io(&path, e)),
+            return match self.claim(ip, uid)? {
+                Claim::Ours => Ok(ip),
+                Claim::Held(owner) => Err(refuse(format!("pod {owner} holds it"))),
             };
         }
-        if let Some(ip) = want.prefer {
-            let i = u64::from(u32::from(ip).wrapping_sub(u32::from(self.cidr.network())));
-            if self.cidr.contains(ip) && (first..=last).contains(&i) && !want.reserved.contains(&ip)
-            {
-                let path = self.dir.join(ip.to_string());
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                {
-                    Ok(mut f) => {
-                        use std::io::Write;
-                        f.write_all(uid.as_bytes())
-                            .map_err(|e| SandboxError::io(&path, e))?;
-                        return Ok(ip);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(SandboxError::io(&path, e)),
-                }
-            }
+        if let Some(ip) = want
+            .prefer
+            .filter(|ip| usable(*ip) && !want.reserved.contains(ip))
+            && self.claim(ip, uid)? == Claim::Ours
+        {
+            return Ok(ip);
         }
         let after = std::fs::read_to_string(self.dir.join(LAST_RESERVED))
             .ok()
@@ -245,24 +228,36 @@ impl Ipam {
             if want.reserved.contains(&ip) {
                 continue;
             }
-            let path = self.dir.join(ip.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(uid.as_bytes())
-                        .map_err(|e| SandboxError::io(&path, e))?;
-                    let _ = std::fs::write(self.dir.join(LAST_RESERVED), ip.to_string());
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(SandboxError::io(&path, e)),
+            if self.claim(ip, uid)? == Claim::Ours {
+                let _ = std::fs::write(self.dir.join(LAST_RESERVED), ip.to_string());
+                return Ok(ip);
             }
         }
         Err(SandboxError::Exhausted(self.cidr.to_string()))
+    }
+
+    /// Takes `ip` for `uid` by creating its file (exclusively), or says who holds it.
+    fn claim(&self, ip: Ipv4Addr, uid: &str) -> Result<Claim, SandboxError> {
+        use std::io::Write;
+        let path = self.dir.join(ip.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(uid.as_bytes())
+                    .map_err(|e| SandboxError::io(&path, e))?;
+                Ok(Claim::Ours)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Claim::Held(
+                std::fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            )),
+            Err(e) => Err(SandboxError::io(&path, e)),
+        }
     }
 
     /// The address `uid` holds, if any.

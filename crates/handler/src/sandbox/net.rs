@@ -288,6 +288,7 @@ pub fn setup_pod(
         ],
     )?;
     let addr = format!("{ip}/{}", cidr.prefix());
+    let gw6 = ipv6_of(gw).to_string();
     let gw = gw.to_string();
     run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
     run(
@@ -308,11 +309,7 @@ pub fn setup_pod(
             "-n", netns, "route", "replace", "default", "via", &gw, "dev", "eth0",
         ],
     )?;
-    let gw6 = cidr
-        .gateway()
-        .map(ipv6_of)
-        .unwrap_or(super::ipam::IPV6_PREFIX)
-        .to_string();
+
     run(
         "ip",
         &[
