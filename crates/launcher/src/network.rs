@@ -112,7 +112,7 @@ pub fn plan(vmi: &VirtualMachineInstance) -> Result<Vec<InterfacePlan>, ConvertE
             .mac_address
             .clone()
             .unwrap_or_else(|| generated_mac(ns, name, &iface.name));
-        let mac = parse_mac(&mac_text).ok_or_else(|| {
+        let mac = kuvirt_netbind::parse_mac(&mac_text).ok_or_else(|| {
             err(
                 format!("{field}.macAddress"),
                 format!("{mac_text:?} is not a MAC address"),
@@ -213,17 +213,6 @@ fn extra_options(
         ntp_servers,
         private_options,
     })
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for b in &mut mac {
-        let p = parts.next()?;
-        (p.len() == 2).then_some(())?;
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// What the bindings need from the pod around them.

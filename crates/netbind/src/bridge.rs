@@ -13,7 +13,11 @@ use std::path::PathBuf;
 pub use crate::Error;
 use crate::dhcp::{ExtraOptions, Lease, Route, Server, longest_domain};
 use crate::masquerade::BRIDGE;
-use crate::sys::{check_name, interface_mtu, ip, link_exists, sysctl};
+use crate::sys::{
+    check_name, interface_ipv4_cidr, interface_mac, interface_mtu, ip, link_exists, parse_cidr,
+    sysctl, word_after,
+};
+use crate::{format_mac, parse_mac};
 
 /// The address the bridge answers DHCP from: KubeVirt's `169.254.75.1<index>` for interface 0.
 pub const BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
@@ -252,37 +256,16 @@ fn pod_interface_bridged(pod_if: &str, bridge: &str) -> Result<bool, Error> {
 /// The pod interface's address, MAC, MTU and routes; `None` when it has no IPv4 address (it
 /// was given to the guest already).
 fn discover(pod_if: &str) -> Result<Option<PodInterface>, Error> {
-    let addrs = ip(&["-o", "-4", "addr", "show", "dev", pod_if, "scope", "global"])?;
-    let Some((address, prefix_len)) = first_inet(&addrs) else {
+    let Some((address, prefix_len)) = interface_ipv4_cidr(pod_if)? else {
         return Ok(None);
     };
-    let link = ip(&["-o", "link", "show", "dev", pod_if])?;
-    let mac = after(&link, "link/ether")
-        .and_then(parse_mac)
-        .ok_or_else(|| Error::Discover {
-            ifname: pod_if.to_owned(),
-            what: "MAC address",
-        })?;
-    let mtu = interface_mtu(pod_if)?;
-    let routes = parse_routes(&ip(&["-o", "-4", "route", "show", "dev", pod_if])?);
     Ok(Some(PodInterface {
         address,
         prefix_len,
-        mac,
-        mtu,
-        routes,
+        mac: interface_mac(pod_if)?,
+        mtu: interface_mtu(pod_if)?,
+        routes: parse_routes(&ip(&["-o", "-4", "route", "show", "dev", pod_if])?),
     }))
-}
-
-/// The first `inet A/N` of `ip -o -4 addr show`.
-fn first_inet(out: &str) -> Option<(Ipv4Addr, u8)> {
-    after(out, "inet").and_then(parse_cidr)
-}
-
-fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let mut words = text.split_whitespace();
-    words.by_ref().find(|w| *w == key)?;
-    words.next()
 }
 
 /// Routes of `ip -o -4 route show dev IF`, without the kernel's subnet route.
@@ -299,7 +282,7 @@ fn parse_routes(out: &str) -> Vec<Route> {
             } else {
                 (dst.parse().ok()?, 32)
             };
-            let gateway = after(line, "via")
+            let gateway = word_after(line, "via")
                 .and_then(|g| g.parse().ok())
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
             Some(Route {
@@ -309,28 +292,6 @@ fn parse_routes(out: &str) -> Vec<Route> {
             })
         })
         .collect()
-}
-
-fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
-    let (a, n) = s.split_once('/')?;
-    let n: u8 = n.parse().ok()?;
-    (n <= 32).then_some(())?;
-    Some((a.parse().ok()?, n))
-}
-
-pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next()?;
-        (p.len() == 2).then_some(())?;
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-pub(crate) fn format_mac(mac: &[u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 #[cfg(test)]

@@ -13,6 +13,23 @@ mod sys;
 
 use crate::dhcp::ServeError;
 
+/// A MAC address written `aa:bb:cc:dd:ee:ff` (or with `-`, as KubeVirt's `macAddress` allows).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        (p.len() == 2).then_some(())?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// Why the binding could not be set up or torn down.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

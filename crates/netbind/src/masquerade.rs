@@ -221,7 +221,7 @@ pub fn setup(cfg: &MasqueradeConfig) -> Result<Masquerade, Error> {
         "set",
         bridge,
         "address",
-        &crate::bridge::format_mac(&BRIDGE_MAC),
+        &crate::format_mac(&BRIDGE_MAC),
     ])?;
     if config.pod_ipv6.is_some() {
         sysctl("net/ipv6/conf/all/forwarding", "1")?;

@@ -76,33 +76,52 @@ pub(crate) fn link_exists(name: &str) -> Result<bool, Error> {
     }))
 }
 
+/// The word after `key` in `ip -o` output.
+pub(crate) fn word_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = text.split_whitespace();
+    words.by_ref().find(|w| *w == key)?;
+    words.next()
+}
+
+fn discover_err(ifname: &str, what: &'static str) -> Error {
+    Error::Discover {
+        ifname: ifname.to_owned(),
+        what,
+    }
+}
+
 pub(crate) fn interface_mtu(ifname: &str) -> Result<u16, Error> {
     let out = ip(&["-o", "link", "show", "dev", ifname])?;
-    let mut words = out.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "mtu")
-        .and_then(|_| words.next())
+    word_after(&out, "mtu")
         .and_then(|w| w.parse().ok())
-        .ok_or_else(|| Error::Discover {
-            ifname: ifname.to_owned(),
-            what: "mtu",
-        })
+        .ok_or_else(|| discover_err(ifname, "mtu"))
+}
+
+pub(crate) fn interface_mac(ifname: &str) -> Result<[u8; 6], Error> {
+    let out = ip(&["-o", "link", "show", "dev", ifname])?;
+    word_after(&out, "link/ether")
+        .and_then(crate::parse_mac)
+        .ok_or_else(|| discover_err(ifname, "MAC address"))
+}
+
+/// The interface's first global IPv4 address and prefix length, if it has one.
+pub(crate) fn interface_ipv4_cidr(ifname: &str) -> Result<Option<(Ipv4Addr, u8)>, Error> {
+    let out = ip(&["-o", "-4", "addr", "show", "dev", ifname, "scope", "global"])?;
+    Ok(word_after(&out, "inet").and_then(parse_cidr))
 }
 
 pub(crate) fn interface_ipv4(ifname: &str) -> Result<Ipv4Addr, Error> {
-    let out = ip(&["-o", "-4", "addr", "show", "dev", ifname, "scope", "global"])?;
-    let mut words = out.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "inet")
-        .and_then(|_| words.next())
-        .and_then(|w| w.split('/').next())
-        .and_then(|w| w.parse().ok())
-        .ok_or_else(|| Error::Discover {
-            ifname: ifname.to_owned(),
-            what: "IPv4 address",
-        })
+    interface_ipv4_cidr(ifname)?
+        .map(|(a, _)| a)
+        .ok_or_else(|| discover_err(ifname, "IPv4 address"))
+}
+
+/// `A.B.C.D/N`.
+pub(crate) fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, n) = s.split_once('/')?;
+    let n: u8 = n.parse().ok()?;
+    (n <= 32).then_some(())?;
+    Some((a.parse().ok()?, n))
 }
 
 pub(crate) fn sysctl(key: &str, value: &str) -> Result<(), Error> {
@@ -113,11 +132,7 @@ pub(crate) fn sysctl(key: &str, value: &str) -> Result<(), Error> {
 /// The interface's global IPv6 address, if it has one.
 pub(crate) fn interface_ipv6(ifname: &str) -> Result<Option<std::net::Ipv6Addr>, Error> {
     let out = ip(&["-o", "-6", "addr", "show", "dev", ifname, "scope", "global"])?;
-    let mut words = out.split_whitespace();
-    Ok(words
-        .by_ref()
-        .find(|w| *w == "inet6")
-        .and_then(|_| words.next())
+    Ok(word_after(&out, "inet6")
         .and_then(|w| w.split('/').next())
         .and_then(|w| w.parse().ok()))
 }

@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use crate::Error;
-use crate::sys::{check_name, check_table, ip, nft};
+use crate::sys::{check_name, check_table, interface_mac, ip, nft};
 
 /// Our nftables `bridge` table in the pod's namespace.
 pub const BRIDGE_TABLE: &str = "kuvirt_metadata";
@@ -29,7 +29,7 @@ pub fn bridged(bridge: &str, guest_interface: &str, guest: Ipv4Addr) -> Result<(
     check_table(BRIDGE_TABLE)?;
     local_address()?;
     ip(&["route", "replace", &format!("{guest}/32"), "dev", bridge])?;
-    let mac = bridge_mac(bridge)?;
+    let mac = crate::format_mac(&interface_mac(bridge)?);
     nft(&ruleset(guest_interface, &mac))
 }
 
@@ -48,21 +48,6 @@ pub fn ruleset(guest_interface: &str, bridge_mac: &str) -> String {
          \x20 }}\n\
          }}\n"
     )
-}
-
-fn bridge_mac(bridge: &str) -> Result<String, Error> {
-    let out = ip(&["-o", "link", "show", "dev", bridge])?;
-    let mut words = out.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "link/ether")
-        .and_then(|_| words.next())
-        .filter(|m| crate::bridge::parse_mac(m).is_some())
-        .map(str::to_owned)
-        .ok_or_else(|| Error::Discover {
-            ifname: bridge.to_owned(),
-            what: "MAC address",
-        })
 }
 
 #[cfg(test)]
