@@ -22,7 +22,6 @@ pub const POST_INBOUND: &str = "KUBEVIRT_POSTINBOUND";
 /// - output: the pod's own connections to 127.0.0.1 and to the pod IP on those ports are sent to
 ///   the guest too, except `local_ports` (the pod's own services, e.g. the API proxy).
 pub fn ruleset(cfg: &MasqueradeConfig) -> String {
-    let table = &cfg.table;
     let guest = cfg.guest_address;
     let gateway = cfg.gateway;
     let mut local = vec![Ipv4Addr::LOCALHOST];
@@ -30,22 +29,7 @@ pub fn ruleset(cfg: &MasqueradeConfig) -> String {
     let local = set(local.iter());
 
     let mut out = String::new();
-    // `add` makes the delete below valid on a first run
-    let _ = writeln!(out, "add table ip {table}");
-    let _ = writeln!(out, "delete table ip {table}");
-    let _ = writeln!(out, "table ip {table} {{");
-
-    let _ = writeln!(out, "  chain prerouting {{");
-    let _ = writeln!(
-        out,
-        "    type nat hook prerouting priority -100; policy accept;"
-    );
-    let _ = writeln!(
-        out,
-        "    iifname \"{}\" counter jump {PRE_INBOUND}",
-        cfg.pod_interface
-    );
-    let _ = writeln!(out, "  }}");
+    table_head(&mut out, "ip", cfg);
 
     let _ = writeln!(out, "  chain input {{");
     let _ = writeln!(out, "    type nat hook input priority 100; policy accept;");
@@ -94,21 +78,8 @@ pub fn ruleset(cfg: &MasqueradeConfig) -> String {
     if cfg.ports.is_empty() {
         let _ = writeln!(out, "    counter dnat to {guest}");
     } else {
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let ports: Vec<u16> = cfg
-                .ports
-                .iter()
-                .filter(|p| p.protocol == protocol)
-                .map(|p| p.port)
-                .collect();
-            if !ports.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "    {} dport {} counter dnat to {guest}",
-                    protocol.nft(),
-                    set(ports.iter())
-                );
-            }
+        for m in declared_ports(cfg) {
+            let _ = writeln!(out, "    {m} counter dnat to {guest}");
         }
     }
     let _ = writeln!(out, "  }}");
@@ -135,6 +106,43 @@ pub fn ruleset(cfg: &MasqueradeConfig) -> String {
     out
 }
 
+/// Opens `table FAMILY <cfg.table>` after deleting an older one (`add` makes the delete valid
+/// on a first run), with the prerouting chain that sends the pod interface's traffic to
+/// `KUBEVIRT_PREINBOUND`.
+fn table_head(out: &mut String, family: &str, cfg: &MasqueradeConfig) {
+    let table = &cfg.table;
+    let _ = writeln!(out, "add table {family} {table}");
+    let _ = writeln!(out, "delete table {family} {table}");
+    let _ = writeln!(out, "table {family} {table} {{");
+    let _ = writeln!(out, "  chain prerouting {{");
+    let _ = writeln!(
+        out,
+        "    type nat hook prerouting priority -100; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "    iifname \"{}\" counter jump {PRE_INBOUND}",
+        cfg.pod_interface
+    );
+    let _ = writeln!(out, "  }}");
+}
+
+/// The declared ports as matches, one per protocol: `tcp dport { 22, 80 }`.
+fn declared_ports(cfg: &MasqueradeConfig) -> Vec<String> {
+    [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .filter_map(|protocol| {
+            let ports: Vec<u16> = cfg
+                .ports
+                .iter()
+                .filter(|p| p.protocol == protocol)
+                .map(|p| p.port)
+                .collect();
+            (!ports.is_empty()).then(|| format!("{} dport {}", protocol.nft(), set(ports.iter())))
+        })
+        .collect()
+}
+
 /// `{ a, b }`, sorted and without duplicates.
 fn set<'a, T: Ord + std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) -> String {
     let mut items: Vec<&T> = items.collect();
@@ -149,39 +157,14 @@ fn set<'a, T: Ord + std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) 
 /// (or from the pod itself) DNAT'd to the guest — the declared ports, or all when none are.
 /// IPv6 has no `route_localnet`, so the pod's ::1 is not forwarded.
 pub fn ruleset6(cfg: &MasqueradeConfig, pod_ipv6: Ipv6Addr) -> String {
-    let table = &cfg.table;
     let guest = crate::ndp::GUEST;
-    let mut matches = Vec::new();
-    if cfg.ports.is_empty() {
-        matches.push("meta l4proto { tcp, udp }".to_owned());
+    let matches = if cfg.ports.is_empty() {
+        vec!["meta l4proto { tcp, udp }".to_owned()]
     } else {
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let ports: Vec<u16> = cfg
-                .ports
-                .iter()
-                .filter(|p| p.protocol == protocol)
-                .map(|p| p.port)
-                .collect();
-            if !ports.is_empty() {
-                matches.push(format!("{} dport {}", protocol.nft(), set(ports.iter())));
-            }
-        }
-    }
+        declared_ports(cfg)
+    };
     let mut out = String::new();
-    let _ = writeln!(out, "add table ip6 {table}");
-    let _ = writeln!(out, "delete table ip6 {table}");
-    let _ = writeln!(out, "table ip6 {table} {{");
-    let _ = writeln!(out, "  chain prerouting {{");
-    let _ = writeln!(
-        out,
-        "    type nat hook prerouting priority -100; policy accept;"
-    );
-    let _ = writeln!(
-        out,
-        "    iifname \"{}\" counter jump {PRE_INBOUND}",
-        cfg.pod_interface
-    );
-    let _ = writeln!(out, "  }}");
+    table_head(&mut out, "ip6", cfg);
     let _ = writeln!(out, "  chain output {{");
     let _ = writeln!(
         out,
