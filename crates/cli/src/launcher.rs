@@ -81,7 +81,7 @@ struct PodNetwork {
 /// (no pod namespace to change) QEMU's user-mode network stands in.
 fn pod_network(
     vmi: &VirtualMachineInstance,
-    kubeconfig: &Path,
+    api: &http::Uri,
     vm_dir: &Path,
 ) -> Result<PodNetwork> {
     let Some((uid, _)) = default_run_as() else {
@@ -104,7 +104,7 @@ fn pod_network(
             .clone()
             .or_else(|| vmi.metadata.name.clone())
             .unwrap_or_default(),
-        local_ports: loopback_api_port(kubeconfig).into_iter().collect(),
+        local_ports: loopback_api_port(api).into_iter().collect(),
         state_dir: vm_dir.to_path_buf(),
     };
     let bound = network::bind(&plans, &pod).context("binding the pod network")?;
@@ -204,10 +204,7 @@ async fn ssh_keys(secrets: &Api<Secret>, vmi: &VirtualMachineInstance) -> Vec<(S
 
 /// The port of an API server on the loopback (the pod reaches it through a forwarder on the
 /// pod's own loopback, which the masquerade NAT must leave alone).
-fn loopback_api_port(kubeconfig: &Path) -> Option<u16> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).ok()?;
-    let server = kc.clusters.first()?.cluster.as_ref()?.server.clone()?;
-    let uri: http::Uri = server.parse().ok()?;
+fn loopback_api_port(uri: &http::Uri) -> Option<u16> {
     let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
     let ip: std::net::IpAddr = if host == "localhost" {
         std::net::IpAddr::from([127, 0, 0, 1])
@@ -232,6 +229,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let api_url = config.cluster_url.clone();
     let client = kube::Client::try_from(config)?;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, &args.namespace);
     let vmi = vmis
@@ -245,7 +243,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
             args.vmi_uid
         );
     }
-    let mut net = pod_network(&vmi, &args.kubeconfig, &args.vm_dir)?;
+    let mut net = pod_network(&vmi, &api_url, &args.vm_dir)?;
     let guest = net.guest;
     if let Some(guest) = guest {
         let peers = net.metadata_peers.clone();
