@@ -79,11 +79,7 @@ struct PodNetwork {
 /// namespace), their DHCP servers running on this runtime until the returned tasks are dropped,
 /// and the guest's address on the pod network (the metadata service's one client). Without root
 /// (no pod namespace to change) QEMU's user-mode network stands in.
-fn pod_network(
-    vmi: &VirtualMachineInstance,
-    api: &http::Uri,
-    vm_dir: &Path,
-) -> Result<PodNetwork> {
+fn pod_network(vmi: &VirtualMachineInstance, api: &http::Uri, vm_dir: &Path) -> Result<PodNetwork> {
     let Some((uid, _)) = default_run_as() else {
         eprintln!("warning: not root: the pod network is QEMU's user-mode network");
         return Ok(PodNetwork {

@@ -10,50 +10,19 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use common::net::{http_get, vm};
 use common::plane::{Plane, halt, serial_log, until};
-use common::*;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kuvirt_api::VirtualMachine;
 
 const BOOT: Duration = Duration::from_secs(120);
-
-/// The demo guest booted from its kernel with a masquerade interface declaring port 80.
-fn vm(name: &str) -> VirtualMachine {
-    let guest = demo_guest();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name},
-        "spec": {"runStrategy": "Always", "template": {"spec": {
-            "domain": {
-                "firmware": {"kernelBoot": {
-                    "kernelArgs": "console=ttyS0 loglevel=1",
-                    "container": {"image": format!("oci:{}:kernel", guest.join("oci").display()),
-                                  "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img"}}},
-                "devices": {"interfaces": [{"name": "default", "masquerade": {},
-                                            "ports": [{"name": "http", "port": 80}]}]},
-                "resources": {"requests": {"memory": "256Mi"}}},
-            "networks": [{"name": "default", "pod": {}}],
-            "terminationGracePeriodSeconds": 10}}}
-    }))
-    .unwrap()
-}
-
-/// `GET /` over plain TCP: the response body.
-fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
-}
 
 /// The node's pod bridge address and InternalIP, once it has a pod CIDR.
 async fn node_addresses(client: kube::Client, node: &str) -> (Ipv4Addr, IpAddr) {
@@ -86,9 +55,16 @@ async fn a_node_port_reaches_the_guest_until_the_service_goes() {
     let (bridge, internal) = node_addresses(client, &plane.node).await;
 
     // Exposed while the VM is still starting: the endpoint appears when its pod runs.
-    vms.create(&PostParams::default(), &vm("webvm"))
-        .await
-        .unwrap();
+    vms.create(
+        &PostParams::default(),
+        &vm(
+            "webvm",
+            serde_json::json!({"masquerade": {}, "ports": [{"name": "http", "port": 80}]}),
+            "",
+        ),
+    )
+    .await
+    .unwrap();
     let out = plane.kuvirt(&[
         "expose",
         "vm",

@@ -201,11 +201,8 @@ async fn three_vms_survive_a_kill_9_of_the_server() {
             iface.ip_address.as_deref(),
             Some(pod_ip.to_string().as_str())
         );
-        // Masquerade (the default binding) NATs the pod's IPv6 address too: fd6b:7576::<IPv4>.
-        let o = pod_ip.octets();
-        let pod_ip6 = std::net::Ipv6Addr::from([
-            0xfd, 0x6b, 0x75, 0x76, 0, 0, 0, 0, 0, 0, 0, 0, o[0], o[1], o[2], o[3],
-        ]);
+        // Masquerade (the default binding) NATs the pod's IPv6 address too.
+        let pod_ip6 = kuvirt_handler::sandbox::ipam::ipv6_of(pod_ip);
         assert_eq!(
             iface.ip_addresses,
             vec![pod_ip.to_string(), pod_ip6.to_string()]

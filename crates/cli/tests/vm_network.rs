@@ -14,37 +14,15 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::plane::{Plane, halt, serial_log, until};
-use common::*;
+use common::net::{http_get, vm};
+use common::plane::{Plane, ServerProc, halt, serial_log, until};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
+use kuvirt_handler::sandbox::ipam::ipv6_of;
 
 const BOOT: Duration = Duration::from_secs(120);
-
-/// A VM booting the demo guest's kernel (so the test can pass kernel arguments) with one pod
-/// interface: `iface` is the interface's JSON (binding, ports, ...).
-fn vm(name: &str, iface: serde_json::Value, kernel_args: &str) -> VirtualMachine {
-    let guest = demo_guest();
-    let mut iface = iface;
-    iface["name"] = "default".into();
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name},
-        "spec": {"runStrategy": "Always", "template": {"spec": {
-            "domain": {
-                "firmware": {"kernelBoot": {
-                    "kernelArgs": format!("console=ttyS0 loglevel=1 {kernel_args}"),
-                    "container": {"image": format!("oci:{}:kernel", guest.join("oci").display()),
-                                  "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd.img"}}},
-                "devices": {"interfaces": [iface]},
-                "resources": {"requests": {"memory": "256Mi"}}},
-            "networks": [{"name": "default", "pod": {}}],
-            "terminationGracePeriodSeconds": 10}}}
-    }))
-    .unwrap()
-}
 
 /// The guest's console line starting with `prefix`, once it is there.
 async fn guest_line(state: &std::path::Path, name: &str, prefix: &str) -> String {
@@ -69,14 +47,32 @@ async fn interface(vmis: &Api<VirtualMachineInstance>, name: &str) -> (Ipv4Addr,
     .await
 }
 
-/// `GET /` over plain TCP: the response body.
-fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+/// One `kuvirt server` on a pod network of its own, the APIs the tests use, and the node's
+/// pod CIDR gateway.
+struct Env {
+    plane: Plane,
+    _server: ServerProc,
+    client: kube::Client,
+    vms: Api<VirtualMachine>,
+    vmis: Api<VirtualMachineInstance>,
+    gateway: Ipv4Addr,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let plane = Plane::new();
+        let server = plane.spawn();
+        let client = plane.client().await;
+        let gateway = node_gateway(client.clone(), &plane.node).await;
+        Env {
+            vms: Api::namespaced(client.clone(), "default"),
+            vmis: Api::namespaced(client.clone(), "default"),
+            plane,
+            _server: server,
+            client,
+            gateway,
+        }
+    }
 }
 
 /// The node's pod CIDR gateway (the node bridge's address), once the controller assigned it.
@@ -136,13 +132,8 @@ fn host_service_on(addr: std::net::IpAddr, hostname: &str) -> (u16, Arc<Mutex<Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masquerade_nat_declared_ports_and_dhcp() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
-    let gateway = node_gateway(client, &plane.node).await;
+    let e = Env::start().await;
+    let (vms, vmis, state, gateway) = (&e.vms, &e.vmis, e.plane.state.path(), e.gateway);
     let (port, peers) = host_service("seen-through-nat");
 
     let spec = vm(
@@ -154,9 +145,9 @@ async fn masquerade_nat_declared_ports_and_dhcp() {
         &format!("kuvirt.metadata_url=http://{gateway}:{port}"),
     );
     vms.create(&PostParams::default(), &spec).await.unwrap();
-    let (pod_ip, mac) = interface(&vmis, "masq").await;
+    let (pod_ip, mac) = interface(vmis, "masq").await;
     assert!(
-        pod_ip.to_string().starts_with(&plane.net.prefix()),
+        pod_ip.to_string().starts_with(&e.plane.net.prefix()),
         "{pod_ip}"
     );
 
@@ -198,18 +189,13 @@ async fn masquerade_nat_declared_ports_and_dhcp() {
             .map_err(|e| e.kind());
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
 
-    halt(&vms, &["masq"], state).await;
+    halt(vms, &["masq"], state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_hands_the_pod_ip_to_the_guest() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
-    let gateway = node_gateway(client, &plane.node).await;
+    let e = Env::start().await;
+    let (vms, vmis, state, gateway) = (&e.vms, &e.vmis, e.plane.state.path(), e.gateway);
 
     vms.create(
         &PostParams::default(),
@@ -217,7 +203,7 @@ async fn bridge_hands_the_pod_ip_to_the_guest() {
     )
     .await
     .unwrap();
-    let (pod_ip, mac) = interface(&vmis, "br").await;
+    let (pod_ip, mac) = interface(vmis, "br").await;
 
     // The guest leased exactly the pod IP, the pod's gateway and DNS, from our DHCP server.
     let lease = guest_line(state, "br", "dhcp iface=eth0").await;
@@ -257,7 +243,7 @@ async fn bridge_hands_the_pod_ip_to_the_guest() {
         "{fetched}"
     );
 
-    halt(&vms, &["br", "br2"], state).await;
+    halt(vms, &["br", "br2"], state).await;
 }
 
 /// The guest's console lines starting with `prefix` so far.
@@ -273,12 +259,9 @@ fn guest_lines(state: &std::path::Path, name: &str, prefix: &str) -> Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_service_on_both_bindings_follows_the_vmi() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
+    let e = Env::start().await;
+    let (vms, state) = (&e.vms, e.plane.state.path());
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), "default");
     let first = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFirst first@kuvirt";
     let second = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISecond second@kuvirt";
     secrets
@@ -342,7 +325,7 @@ async fn metadata_service_on_both_bindings_follows_the_vmi() {
         assert_eq!(guest_lines(state, name, "booted").len(), 1);
     }
 
-    halt(&vms, &["mdmasq", "mdbridge"], state).await;
+    halt(vms, &["mdmasq", "mdbridge"], state).await;
 }
 
 /// Sets the VM's run strategy.
@@ -373,13 +356,8 @@ async fn sticky_ip(vms: &Api<VirtualMachine>, name: &str) -> Ipv4Addr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
-    let gateway = node_gateway(client, &plane.node).await;
+    let e = Env::start().await;
+    let (vms, vmis, state, gateway) = (&e.vms, &e.vmis, e.plane.state.path(), e.gateway);
 
     // A VM's first address is written on the VM (the lease in the store).
     vms.create(
@@ -388,8 +366,8 @@ async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
     )
     .await
     .unwrap();
-    let (first, _) = interface(&vmis, "sticky").await;
-    assert_eq!(sticky_ip(&vms, "sticky").await, first);
+    let (first, _) = interface(vmis, "sticky").await;
+    assert_eq!(sticky_ip(vms, "sticky").await, first);
     guest_line(state, "sticky", "ready").await;
     let first_uid = vmis.get("sticky").await.unwrap().metadata.uid;
 
@@ -398,12 +376,12 @@ async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
     let mut fixed = vm("fixed", serde_json::json!({"bridge": {}}), "");
     fixed.metadata.annotations = Some([("kuvirt.io/ip".to_owned(), wanted.to_string())].into());
     vms.create(&PostParams::default(), &fixed).await.unwrap();
-    assert_eq!(interface(&vmis, "fixed").await.0, wanted);
+    assert_eq!(interface(vmis, "fixed").await.0, wanted);
     let lease = guest_line(state, "fixed", "dhcp iface=eth0").await;
     assert!(lease.contains(&format!(" ip={wanted}/24 ")), "{lease}");
 
     // Stopped, the sticky address stays the VM's: a new VM gets another one...
-    run_strategy(&vms, "sticky", "Halted").await;
+    run_strategy(vms, "sticky", "Halted").await;
     until("sticky's VMI gone", BOOT, async || {
         vmis.get_opt("sticky")
             .await
@@ -418,10 +396,10 @@ async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
     )
     .await
     .unwrap();
-    let (other, _) = interface(&vmis, "other").await;
+    let (other, _) = interface(vmis, "other").await;
     assert_ne!(other, first);
     // ...and started again, the VM has it back (a new VMI, the same lease in the guest).
-    run_strategy(&vms, "sticky", "Always").await;
+    run_strategy(vms, "sticky", "Always").await;
     let (again, _) = until("sticky's new VMI", BOOT, async || {
         let v = vmis.get_opt("sticky").await.ok()??;
         (v.metadata.uid != first_uid).then_some(())?;
@@ -464,27 +442,15 @@ async fn a_vm_keeps_its_ip_and_a_requested_ip_is_honoured_or_refused() {
         reason.1
     );
 
-    run_strategy(&vms, "taken", "Halted").await;
-    halt(&vms, &["sticky", "fixed", "other"], state).await;
-}
-
-/// The IPv6 address that goes with a pod (or gateway) IPv4 address: fd6b:7576::A.B.C.D.
-fn ipv6_of(ip: Ipv4Addr) -> std::net::Ipv6Addr {
-    let mut o = [0u8; 16];
-    o[..4].copy_from_slice(&[0xfd, 0x6b, 0x75, 0x76]);
-    o[12..].copy_from_slice(&ip.octets());
-    std::net::Ipv6Addr::from(o)
+    run_strategy(vms, "taken", "Halted").await;
+    halt(vms, &["sticky", "fixed", "other"], state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masquerade_ipv6_by_router_advertisements_and_dhcpv6() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
-    let gateway6 = ipv6_of(node_gateway(client, &plane.node).await);
+    let e = Env::start().await;
+    let (vms, vmis, state) = (&e.vms, &e.vmis, e.plane.state.path());
+    let gateway6 = ipv6_of(e.gateway);
     let (port, peers) =
         host_service_on(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), "v6");
     let url = format!("http://[{gateway6}]:{port}/");
@@ -494,7 +460,7 @@ async fn masquerade_ipv6_by_router_advertisements_and_dhcpv6() {
         &format!("kuvirt.dhcp6=1 kuvirt.fetch={url}"),
     );
     vms.create(&PostParams::default(), &spec).await.unwrap();
-    let (pod_ip, _) = interface(&vmis, "six").await;
+    let (pod_ip, _) = interface(vmis, "six").await;
     let pod6 = ipv6_of(pod_ip);
     let listed = vmis.get("six").await.unwrap().status.unwrap().interfaces[0]
         .ip_addresses
@@ -527,18 +493,13 @@ async fn masquerade_ipv6_by_router_advertisements_and_dhcpv6() {
         .map_err(|e| e.kind());
     assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
 
-    halt(&vms, &["six"], state).await;
+    halt(vms, &["six"], state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passt_hands_the_pod_ip_to_the_guest_and_forwards_declared_ports() {
-    let plane = Plane::new();
-    let _server = plane.spawn();
-    let client = plane.client().await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), "default");
-    let state = plane.state.path();
-    let gateway = node_gateway(client, &plane.node).await;
+    let e = Env::start().await;
+    let (vms, vmis, state, gateway) = (&e.vms, &e.vmis, e.plane.state.path(), e.gateway);
 
     let spec = vm(
         "pt",
@@ -546,7 +507,7 @@ async fn passt_hands_the_pod_ip_to_the_guest_and_forwards_declared_ports() {
         "kuvirt.metadata=1",
     );
     vms.create(&PostParams::default(), &spec).await.unwrap();
-    let (pod_ip, _) = interface(&vmis, "pt").await;
+    let (pod_ip, _) = interface(vmis, "pt").await;
 
     // passt's own DHCP: the pod's address and gateway.
     let lease = guest_line(state, "pt", "dhcp iface=eth0").await;
@@ -571,5 +532,5 @@ async fn passt_hands_the_pod_ip_to_the_guest_and_forwards_declared_ports() {
     .await;
     assert!(body.starts_with("kuvirt-guest "), "{body}");
 
-    halt(&vms, &["pt"], state).await;
+    halt(vms, &["pt"], state).await;
 }
