@@ -58,12 +58,12 @@ pub async fn request(
     client: &kube::Client,
     pod: &Pod,
     ns: &str,
-    vmi: Option<&VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
 ) -> Result<IpRequest, String> {
     let address = requested(pod, IP_ANNOTATION)?;
     // A lease that is not an address is no preference.
     let prefer = requested(pod, IP_LEASE_ANNOTATION).ok().flatten();
-    let vm = vmi.and_then(owner_vm).unwrap_or_default();
+    let vm = owner_vm(vmi).unwrap_or_default();
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let reserved = match vms.list(&ListParams::default()).await {
         Ok(list) => reserved_by_others(&list.items, ns, &vm),

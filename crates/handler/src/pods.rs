@@ -505,25 +505,21 @@ async fn start(
     let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
     // The kubelet's part: the VM's images are pulled here, in the node's network, before the
     // launcher starts in its sandbox (where it only reads the node's image cache).
-    if let Err((reason, why)) = pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
-        use std::io::Write as _;
-        let _ = writeln!(&log, "error: {why}");
-        if let Some(reason) = reason {
-            fail_before_start(client, &ns, &pod_name, &vmi, &vmi_uid, reason, &why).await;
+    let vmi_obj = match pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
+        Ok(v) => v,
+        Err((reason, why)) => {
+            use std::io::Write as _;
+            let _ = writeln!(&log, "error: {why}");
+            if let Some(reason) = reason {
+                fail_before_start(client, &ns, &pod_name, &vmi, &vmi_uid, reason, &why).await;
+            }
+            return Err(Error::Pod(format!("{ns}/{vmi}: {why}")));
         }
-        return Err(Error::Pod(format!("{ns}/{vmi}: {why}")));
-    }
+    };
     let limits = Limits::from_pod(pod);
     // The pod IP: the VM's sticky or requested one (`kuvirt.io/ip`), else a new one no other VM
     // keeps.
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
-    let vmi_obj = vmis
-        .get_opt(&vmi)
-        .await
-        .ok()
-        .flatten()
-        .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
-    let want = match addresses::request(client, pod, &ns, vmi_obj.as_ref()).await {
+    let want = match addresses::request(client, pod, &ns, &vmi_obj).await {
         Ok(w) => w,
         Err(why) => {
             return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
@@ -543,9 +539,7 @@ async fn start(
         }
         Err(e) => return Err(Error::Pod(format!("sandbox: {e}"))),
     };
-    if let Some(v) = &vmi_obj {
-        addresses::record(client, &ns, v, sb.ip).await;
-    }
+    addresses::record(client, &ns, &vmi_obj, sb.ip).await;
     let undo = |e: Error| {
         let (sbc, uid) = (net.sandbox.clone(), uid.clone());
         async move {
@@ -667,14 +661,15 @@ async fn start(
     })
 }
 
-/// Pulls the images of the VMI this pod runs (its current object, if it is still the same one).
+/// Pulls the images of the VMI this pod runs (its current object, if it is still the same one);
+/// returns that object.
 async fn pull_images(
     client: &kube::Client,
     cfg: &RunnerConfig,
     ns: &str,
     vmi: &str,
     vmi_uid: &str,
-) -> Result<(), (Option<&'static str>, String)> {
+) -> Result<VirtualMachineInstance, (Option<&'static str>, String)> {
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
     let v = vmis
         .get(vmi)
@@ -686,11 +681,10 @@ async fn pull_images(
     }
     crate::images::pull(client, &cfg.state_dir, &v)
         .await
-        .map_err(|e| (Some("ErrImagePull"), e))
+        .map_err(|e| (Some("ErrImagePull"), e))?;
+    Ok(v)
 }
 
-/// A pod that never got to start its launcher: the pod and its VMI fail with `reason` (the VM
-/// controller's start-failure backoff decides when to try again).
 /// A pod whose requested address cannot be had fails with the reason, as a failed pull does.
 async fn refuse_address(
     client: &kube::Client,
@@ -707,6 +701,8 @@ async fn refuse_address(
     Error::Pod(format!("{ns}/{vmi}: {why}"))
 }
 
+/// A pod that never got to start its launcher: the pod and its VMI fail with `reason` (the VM
+/// controller's start-failure backoff decides when to try again).
 async fn fail_before_start(
     client: &kube::Client,
     ns: &str,
