@@ -272,7 +272,10 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
     let (dns_servers, search_domains) = masquerade::parse_resolv_conf(&pod.resolv_conf);
     let mut bound = Bound::default();
     for p in plans {
-        let (mut server, address) = match &p.binding {
+        let tap = || NetBackend::Tap {
+            ifname: p.tap.clone(),
+        };
+        let (server, address, backend) = match &p.binding {
             Binding::Masquerade { ports } => {
                 masquerade::create_tap(&p.tap, pod.qemu_uid, p.multi_queue)?;
                 let mut cfg = MasqueradeConfig::new(&p.tap, p.mac);
@@ -289,7 +292,7 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                     bound.servers.push(Serving::RouterAdvertisements(ra));
                     bound.servers.push(Serving::Dhcp6(dhcp6));
                 }
-                (m.take_dhcp(), m.lease().address)
+                (m.take_dhcp(), m.lease().address, tap())
             }
             Binding::Bridge => {
                 masquerade::create_tap(&p.tap, pod.qemu_uid, p.multi_queue)?;
@@ -301,14 +304,13 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                 cfg.extra = p.extra.clone();
                 let mut b = bridge::setup(&cfg)?;
                 plumb::bridged(&cfg.bridge, &p.tap, b.lease().address)?;
-                (b.take_dhcp(), b.lease().address)
+                (b.take_dhcp(), b.lease().address, tap())
             }
             Binding::Passt { ports } => {
                 let cfg = kuvirt_netbind::passt::PasstConfig {
                     socket: pod.state_dir.join("passt").join(format!("{}.sock", p.tap)),
                     pod_interface: "eth0".into(),
                     ports: ports.clone(),
-                    mtu: None,
                     log: pod.state_dir.join(format!("passt-{}.log", p.tap)),
                     run_as: pod.qemu_uid,
                 };
@@ -319,21 +321,13 @@ pub fn bind(plans: &[InterfacePlan], pod: &PodContext) -> Result<Bound, kuvirt_n
                     .metadata_peers
                     .push(kuvirt_netbind::metadata::SERVICE_ADDR.ip());
                 bound.passt.push(passt);
-                bound
-                    .backends
-                    .insert(p.name.clone(), NetBackend::Passt { socket: cfg.socket });
-                (None, address)
+                (None, address, NetBackend::Passt { socket: cfg.socket })
             }
         };
-        bound.servers.extend(server.take().map(Serving::Dhcp));
+        bound.servers.extend(server.map(Serving::Dhcp));
         bound.guest_addresses.insert(p.name.clone(), address);
         bound.metadata_peers.push(address.into());
-        bound
-            .backends
-            .entry(p.name.clone())
-            .or_insert_with(|| NetBackend::Tap {
-                ifname: p.tap.clone(),
-            });
+        bound.backends.insert(p.name.clone(), backend);
     }
     Ok(bound)
 }

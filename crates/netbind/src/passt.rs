@@ -24,8 +24,6 @@ pub struct PasstConfig {
     pub pod_interface: String,
     /// Ports of the pod IP forwarded to the guest.
     pub ports: Vec<Port>,
-    /// The MTU passt tells the guest.
-    pub mtu: Option<u16>,
     /// passt's log file.
     pub log: PathBuf,
     /// The user passt runs as (it drops root; QEMU's user, so QEMU may connect to the socket),
@@ -44,9 +42,6 @@ pub fn argv(cfg: &PasstConfig, pod_ip: Ipv4Addr) -> Vec<String> {
     a.extend(["--runas".into(), cfg.run_as.to_string()]);
     a.extend(["--interface".into(), cfg.pod_interface.clone()]);
     a.push("--ipv4-only".into());
-    if let Some(mtu) = cfg.mtu {
-        a.extend(["--mtu".into(), mtu.to_string()]);
-    }
     for (flag, protocol) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
         let ports: Vec<String> = cfg
             .ports
@@ -155,7 +150,6 @@ mod tests {
                     port: 53,
                 },
             ],
-            mtu: Some(1400),
             log: "/run/vm/passt.log".into(),
             run_as: 107,
         };
@@ -163,7 +157,7 @@ mod tests {
         assert_eq!(
             a,
             "--foreground --quiet --socket /run/vm/passt.sock --log-file /run/vm/passt.log \
-             --runas 107 --interface eth0 --ipv4-only --mtu 1400 -t 10.244.0.7/80,22 -u 10.244.0.7/53"
+             --runas 107 --interface eth0 --ipv4-only -t 10.244.0.7/80,22 -u 10.244.0.7/53"
         );
         let none = PasstConfig {
             ports: vec![],
