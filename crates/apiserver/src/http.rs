@@ -31,9 +31,12 @@ pub struct AppState {
     pub creds: Credentials,
     /// host:port clients reach us at (for `/api`'s serverAddressByClientCIDRs).
     pub address: String,
+    /// Request counters (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
-/// The router: health and version without credentials, everything else behind a bearer token.
+/// The router: health and version without credentials, everything else behind a bearer token;
+/// every `/api` and `/apis` request counted (`/metrics`).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -45,9 +48,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/{*rest}",
             axum::routing::any(crate::nodeproxy::handle),
         )
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(dispatch)
         // Bodies are limited in `dispatch`, so an oversized one gets a Status like any error.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count,
+        ))
         .with_state(state)
 }
 

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod objects;
 pub mod openapi;

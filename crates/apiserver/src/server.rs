@@ -130,6 +130,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         store: store.clone(),
         creds: creds.clone(),
         address: addr.to_string(),
+        metrics: Default::default(),
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());
