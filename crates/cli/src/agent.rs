@@ -64,6 +64,11 @@ pub struct AgentArgs {
     token_file: PathBuf,
     #[command(flatten)]
     node: NodeFlags,
+    /// Instead of this host, register this many simulated nodes (`<node-name>-0000`, …, label
+    /// kuvirt.io/simulated=true) whose VMs report Running without QEMU: for benchmarks of the
+    /// control plane.
+    #[arg(long, default_value = "0", hide = true)]
+    simulated_nodes: u32,
 }
 
 /// The agent's configuration from its flags.
@@ -90,6 +95,7 @@ pub fn agent_config(
         ))?,
         accel: node.accel.clone(),
         pod_network: node.pod_network_name.clone(),
+        runtime: kuvirt_handler::Runtime::Launcher,
     };
     Ok(kuvirt_handler::AgentConfig {
         runner,
@@ -99,6 +105,7 @@ pub fn agent_config(
             .node_ip
             .unwrap_or_else(|| kuvirt_handler::node::node_ip(server_ip)),
         heartbeat: std::time::Duration::from_secs(node.node_heartbeat_interval.max(1)),
+        simulated_nodes: 0,
     })
 }
 
@@ -131,14 +138,22 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
         &kubeconfig,
         kuvirt_handler::join::kubeconfig_text(&args.server, &ca_pem, &token.token).as_bytes(),
     )?;
-    let cfg = agent_config(&args.node, &kubeconfig, &ca_pem, ip)?;
+    let mut cfg = agent_config(&args.node, &kubeconfig, &ca_pem, ip)?;
+    cfg.simulated_nodes = args.simulated_nodes;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
-    eprintln!(
-        "kuvirt agent: node {} joined {} (this node at {})",
-        cfg.runner.node, args.server, cfg.node_ip
-    );
+    if cfg.simulated_nodes > 0 {
+        eprintln!(
+            "kuvirt agent: {} simulated nodes {}-0000… joined {}",
+            cfg.simulated_nodes, cfg.runner.node, args.server
+        );
+    } else {
+        eprintln!(
+            "kuvirt agent: node {} joined {} (this node at {})",
+            cfg.runner.node, args.server, cfg.node_ip
+        );
+    }
     let run = kuvirt_handler::run(client, cfg);
     tokio::select! {
         r = run => {

@@ -1,5 +1,6 @@
 //! The node agent (KubeVirt's virt-handler): registers this host as a Node, keeps it Ready, and
-//! runs the launcher pods placed on it, reporting their VMIs' state.
+//! runs the launcher pods placed on it, reporting their VMIs' state; or, for benchmarks, many
+//! simulated nodes at once ([`simulated`]).
 
 pub mod addresses;
 pub mod endpoint;
@@ -9,10 +10,11 @@ pub mod node;
 pub mod pods;
 pub mod sandbox;
 pub mod services;
+pub mod simulated;
 
 use std::time::Duration;
 
-pub use pods::RunnerConfig;
+pub use pods::{RunnerConfig, Runtime};
 
 /// A node agent failure.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +40,18 @@ pub struct AgentConfig {
     /// How often the Node's Ready heartbeat is written ([`node::HEARTBEAT`] by default; must be
     /// well under the node controller's timeout).
     pub heartbeat: Duration,
+    /// Instead of this host, run this many simulated nodes named `<runner.node>-0000`, … (0:
+    /// this host is the node).
+    pub simulated_nodes: u32,
 }
 
 /// Starts the endpoint, registers the node, then heartbeats and runs its pods until the task is
 /// dropped.
 pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
+    if cfg.simulated_nodes > 0 {
+        let count = cfg.simulated_nodes;
+        return simulated::run(client, cfg, count).await;
+    }
     let ep = endpoint::start(endpoint::EndpointConfig {
         listen: cfg.endpoint_listen,
         state_dir: cfg.runner.state_dir.clone(),
@@ -54,6 +63,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
         ip: cfg.node_ip,
         endpoint_port: ep.addr.port(),
         cert_sha256: ep.cert_sha256.clone(),
+        simulated: false,
     };
     // Registration waits out another agent that still holds this node's name.
     loop {

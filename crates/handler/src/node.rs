@@ -35,7 +35,13 @@ pub struct Identity {
     pub endpoint_port: u16,
     /// SHA-256 (hex) of the endpoint's certificate.
     pub cert_sha256: String,
+    /// A simulated node ([`crate::simulated`]): its capacity is [`SIMULATED_CAPACITY`], not the
+    /// host's, and it carries [`crate::simulated::LABEL`].
+    pub simulated: bool,
 }
+
+/// A simulated node's capacity: memory, CPUs, pods.
+pub const SIMULATED_CAPACITY: (&str, &str, &str) = ("256Gi", "64", "250");
 
 /// The address the API server at `server` reaches this host at: the source address of the route
 /// towards it (no packet is sent), or for a server on loopback, of the default route; loopback
@@ -60,10 +66,19 @@ pub fn node_ip(server: std::net::IpAddr) -> std::net::IpAddr {
     via.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
+/// The capacity a node reports: the host's, or a simulated node's.
+fn resources(me: &Identity) -> serde_json::Value {
+    if me.simulated {
+        let (memory, cpu, pods) = SIMULATED_CAPACITY;
+        return json!({"memory": memory, "cpu": cpu, "pods": pods});
+    }
+    let (mem, cpus) = capacity();
+    json!({"memory": mem.to_string(), "cpu": cpus.to_string(), "pods": "110"})
+}
+
 /// The status a healthy node reports.
 /// `since` is when the node last became Ready (kept across heartbeats), else now.
-fn status(me: &Identity, mem: u64, cpus: usize, since: Option<String>) -> serde_json::Value {
-    let resources = json!({"memory": mem.to_string(), "cpu": cpus.to_string(), "pods": "110"});
+fn status(me: &Identity, resources: serde_json::Value, since: Option<String>) -> serde_json::Value {
     let t = kuvirt_apimachinery::meta::now();
     let since = since.unwrap_or_else(|| t.clone());
     json!({
@@ -95,6 +110,9 @@ pub async fn register(client: &kube::Client, me: &Identity) -> Result<(), Error>
     let mut labels = BTreeMap::new();
     labels.insert("kubernetes.io/hostname".to_string(), name.to_string());
     labels.insert("kubevirt.io/schedulable".to_string(), "true".to_string());
+    if me.simulated {
+        labels.insert(crate::simulated::LABEL.to_string(), "true".to_string());
+    }
     let node = Node {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),
@@ -112,14 +130,17 @@ pub async fn register(client: &kube::Client, me: &Identity) -> Result<(), Error>
         }
         Err(e) => return Err(e.into()),
     }
-    // The endpoint's certificate may be new (a new state directory): publish its hash.
+    // The endpoint's certificate may be new (a new state directory): publish its hash. A
+    // simulated node's label goes on a Node that existed before, too.
+    let mut meta = json!({"annotations": {crate::endpoint::CERT_ANNOTATION: me.cert_sha256}});
+    if me.simulated {
+        meta["labels"] = json!({crate::simulated::LABEL: "true"});
+    }
     nodes
         .patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                crate::endpoint::CERT_ANNOTATION: me.cert_sha256,
-            }}})),
+            &Patch::Merge(json!({ "metadata": meta })),
         )
         .await?;
     heartbeat(client, me).await
@@ -169,7 +190,6 @@ fn refuse_takeover(
 pub async fn heartbeat(client: &kube::Client, me: &Identity) -> Result<(), Error> {
     let name = me.name.as_str();
     let nodes: Api<Node> = Api::all(client.clone());
-    let (mem, cpus) = capacity();
     // A merge patch replaces the conditions list: carry the Ready transition time over while
     // the node stays Ready.
     let since = nodes
@@ -187,7 +207,7 @@ pub async fn heartbeat(client: &kube::Client, me: &Identity) -> Result<(), Error
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status(me, mem, cpus, since) })),
+            &Patch::Merge(json!({ "status": status(me, resources(me), since) })),
         )
         .await?;
     Ok(())
@@ -209,12 +229,32 @@ mod tests {
     }
 
     #[test]
+    fn a_simulated_node_reports_its_own_capacity() {
+        let mut me = Identity {
+            name: "sim-0000".into(),
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            endpoint_port: 1,
+            cert_sha256: "c".into(),
+            simulated: true,
+        };
+        let st = status(&me, resources(&me), None);
+        assert_eq!(
+            st["allocatable"],
+            json!({"memory": "256Gi", "cpu": "64", "pods": "250"})
+        );
+        assert_eq!(st["capacity"], st["allocatable"]);
+        me.simulated = false;
+        assert_eq!(resources(&me)["pods"], "110");
+    }
+
+    #[test]
     fn a_live_node_of_another_host_is_not_taken_over() {
         let me = Identity {
             name: "n".into(),
             ip: std::net::Ipv4Addr::LOCALHOST.into(),
             endpoint_port: 1,
             cert_sha256: "mine".into(),
+            simulated: false,
         };
         let now: k8s_openapi::jiff::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let e = refuse_takeover(&node("theirs", "2026-11-22T09:59:50Z"), &me, now).unwrap_err();

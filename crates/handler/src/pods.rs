@@ -3,7 +3,8 @@
 //! cgroup: [`crate::sandbox`]); the handler reports the pod and the VMI from what the launcher
 //! says, stops the launcher (ACPI, grace period) when the pod goes away, and removes the sandbox
 //! once the launcher has exited. Launchers that outlived a handler restart are adopted together
-//! with their sandboxes.
+//! with their sandboxes. A simulated node ([`Runtime::Simulated`]) runs the same code with an
+//! in-process stand-in for each launcher and only an address for a sandbox.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,8 +29,8 @@ use tokio::task::JoinHandle;
 use crate::Error;
 use crate::addresses;
 use crate::sandbox::cgroup::Limits;
-use crate::sandbox::ipam::Cidr;
-use crate::sandbox::{self, Sandbox, SandboxConfig, apiproxy};
+use crate::sandbox::ipam::{Cidr, Ipam};
+use crate::sandbox::{self, Sandbox, SandboxConfig, SandboxError, apiproxy};
 
 // Declared here rather than in lib.rs, which belongs to the agent's wiring.
 #[path = "events.rs"]
@@ -51,6 +52,55 @@ pub struct RunnerConfig {
     /// The node's pod network's name: bridge `NAME0`, nftables table `NAME`, namespaces
     /// `NAME-<uid>` ("kuvirt"; tests give each server its own).
     pub pod_network: String,
+    /// Real launchers, or a simulated node's stand-ins.
+    pub runtime: Runtime,
+}
+
+/// How a node runs its launcher pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// `kuvirt launcher` processes running QEMU, each in its pod's sandbox.
+    #[default]
+    Launcher,
+    /// A simulated node's ([`crate::simulated`]): an in-process stand-in answers the launcher
+    /// protocol, and a pod's sandbox is only its address from the node's IPAM (no image pulls,
+    /// no namespace, veth, cgroup, bridge or NAT).
+    Simulated,
+}
+
+impl Runtime {
+    /// Removes pod `uid`'s sandbox once nothing runs in it any more (waiting up to `wait`);
+    /// whether it went.
+    fn remove_sandbox(
+        self,
+        cfg: &SandboxConfig,
+        cidr: Cidr,
+        uid: &str,
+        wait: Duration,
+    ) -> Result<bool, SandboxError> {
+        match self {
+            Runtime::Launcher => {
+                if !sandbox::idle_within(cfg, uid, wait) {
+                    return Ok(false);
+                }
+                sandbox::teardown(cfg, uid).map(|()| true)
+            }
+            Runtime::Simulated => Ipam::new(&cfg.state_dir, cidr).release(uid).map(|_| true),
+        }
+    }
+
+    /// The pods that hold a sandbox. A simulated node looks in its own pod CIDR only: one agent
+    /// runs many simulated nodes over one state directory.
+    fn sandboxes(self, cfg: &SandboxConfig, cidr: Cidr) -> Result<Vec<String>, SandboxError> {
+        match self {
+            Runtime::Launcher => sandbox::list(cfg),
+            Runtime::Simulated => Ok(Ipam::new(&cfg.state_dir, cidr)
+                .owners()?
+                .into_iter()
+                .map(|(_, uid)| uid)
+                .collect()),
+        }
+    }
 }
 
 /// One launcher the handler started (its monitor task owns the process).
@@ -76,6 +126,7 @@ struct PodNet {
     host_ip: IpAddr,
     /// The API server, when it is on the loopback (pods reach it through a forwarder).
     api_loopback: Option<SocketAddr>,
+    runtime: Runtime,
 }
 
 /// Runs a blocking sandbox operation off the async workers.
@@ -115,24 +166,29 @@ async fn pod_network(client: &kube::Client, cfg: &RunnerConfig) -> PodNet {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    loop {
-        let (sb, c) = (sandbox.clone(), cidr);
-        match blocking(move || sandbox::setup_node(&sb, c)).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, %cidr, "setting up the node's pod network; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+    // A simulated node has no bridge, forwarding or NAT to set up.
+    if cfg.runtime == Runtime::Launcher {
+        loop {
+            let (sb, c) = (sandbox.clone(), cidr);
+            match blocking(move || sandbox::setup_node(&sb, c)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, %cidr, "setting up the node's pod network; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
             }
         }
+        tracing::info!(node = %cfg.node, %cidr, bridge = %sandbox.bridge, "pod network ready");
     }
-    tracing::info!(node = %cfg.node, %cidr, bridge = %sandbox.bridge, "pod network ready");
     let internal = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
         .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
         .and_then(|a| a.address.parse::<IpAddr>().ok())
-        .filter(|a| !a.is_loopback());
+        // A loopback InternalIP is no address for pods: the bridge's host address instead (a
+        // simulated node has no bridge, and its pods reach nothing anyway).
+        .filter(|a| !a.is_loopback() || cfg.runtime == Runtime::Simulated);
     let bridge = sandbox.bridge.clone();
     let host_ip = match internal {
         Some(ip) => ip,
@@ -143,10 +199,13 @@ async fn pod_network(client: &kube::Client, cfg: &RunnerConfig) -> PodNet {
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4),
     };
     PodNet {
-        api_loopback: apiproxy::loopback_server(&cfg.kubeconfig),
+        // A simulated pod reaches nothing: it has no namespace of its own.
+        api_loopback: apiproxy::loopback_server(&cfg.kubeconfig)
+            .filter(|_| cfg.runtime == Runtime::Launcher),
         sandbox,
         cidr,
         host_ip,
+        runtime: cfg.runtime,
     }
 }
 
@@ -165,10 +224,10 @@ fn api_forwarder(net: &PodNet, sb: &Sandbox) -> Result<Option<JoinHandle<()>>, E
 /// Removes the sandboxes of pods this agent no longer runs (their launchers ended while it was
 /// away). One whose cgroup still has processes is left alone.
 async fn collect_sandboxes(net: &PodNet, launchers: &Launchers) {
-    let cfg = net.sandbox.clone();
+    let (cfg, cidr, runtime) = (net.sandbox.clone(), net.cidr, net.runtime);
     let Ok(uids) = blocking({
         let cfg = cfg.clone();
-        move || sandbox::list(&cfg)
+        move || runtime.sandboxes(&cfg, cidr)
     })
     .await
     else {
@@ -180,13 +239,7 @@ async fn collect_sandboxes(net: &PodNet, launchers: &Launchers) {
         }
         let cfg = cfg.clone();
         let id = uid.clone();
-        let r = blocking(move || {
-            if !sandbox::idle_within(&cfg, &id, Duration::ZERO) {
-                return Ok(false);
-            }
-            sandbox::teardown(&cfg, &id).map(|()| true)
-        })
-        .await;
+        let r = blocking(move || runtime.remove_sandbox(&cfg, cidr, &id, Duration::ZERO)).await;
         match r {
             Ok(true) => tracing::info!(pod_uid = %uid, "removed the sandbox of a finished pod"),
             Ok(false) => {}
@@ -448,10 +501,19 @@ async fn start(
         .is_ok()
     {
         tracing::info!(vmi = %vmi, namespace = %ns, "adopting a running launcher");
-        // Its sandbox is reused as it is (a launcher from before sandboxes has none).
+        // Its sandbox is reused as it is (a launcher from before sandboxes has none; a
+        // simulated one has its address only).
+        let runtime = cfg.runtime;
         let found = blocking({
             let (sb, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
-            move || sandbox::find(&sb, cidr, &uid)
+            move || match runtime {
+                Runtime::Launcher => {
+                    sandbox::find(&sb, cidr, &uid).map(|f| f.map(|sb| (sb.ip, Some(sb))))
+                }
+                Runtime::Simulated => Ipam::new(&sb.state_dir, cidr)
+                    .lookup(&uid)
+                    .map(|ip| ip.map(|ip| (ip, None))),
+            }
         })
         .await
         .unwrap_or_else(|e| {
@@ -459,11 +521,11 @@ async fn start(
             None
         });
         let proxy = match &found {
-            Some(sb) => api_forwarder(net, sb).unwrap_or_else(|e| {
+            Some((_, Some(sb))) => api_forwarder(net, sb).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "adopted launcher");
                 None
             }),
-            None => None,
+            _ => None,
         };
         let involved = Involved {
             namespace: ns.clone(),
@@ -485,7 +547,9 @@ async fn start(
             None,
             PodSandbox {
                 cfg: net.sandbox.clone(),
-                sandbox: found,
+                cidr: net.cidr,
+                runtime,
+                ip: found.map(|(ip, _)| ip),
                 proxy,
             },
             launchers,
@@ -502,7 +566,6 @@ async fn start(
         .map_err(|e| Error::Pod(format!("{}: {e}", vm_dir.display())))?;
     let log = std::fs::File::create(vm_dir.join("launcher.log"))
         .map_err(|e| Error::Pod(format!("{}: {e}", vm_dir.display())))?;
-    let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
     // The kubelet's part: the VM's images are pulled here, in the node's network, before the
     // launcher starts in its sandbox (where it only reads the node's image cache).
     let vmi_obj = match pull_images(client, cfg, &ns, &vmi, &vmi_uid).await {
@@ -525,73 +588,55 @@ async fn start(
             return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
         }
     };
+    let runtime = cfg.runtime;
     let created = tokio::task::spawn_blocking({
         let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
-        move || sandbox::create(&sbc, cidr, &uid, &limits, &want)
+        move || match runtime {
+            Runtime::Launcher => {
+                sandbox::create(&sbc, cidr, &uid, &limits, &want).map(|sb| (sb.ip, Some(sb)))
+            }
+            Runtime::Simulated => Ipam::new(&sbc.state_dir, cidr)
+                .allocate_as(&uid, &want)
+                .map(|ip| (ip, None)),
+        }
     })
     .await
     .map_err(|e| Error::Pod(format!("sandbox task: {e}")))?;
-    let sb = match created {
-        Ok(sb) => sb,
+    let (ip, sb) = match created {
+        Ok(made) => made,
         Err(e @ sandbox::SandboxError::IpRequest { .. }) => {
             let why = e.to_string();
             return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
         }
         Err(e) => return Err(Error::Pod(format!("sandbox: {e}"))),
     };
-    addresses::record(client, &ns, &vmi_obj, sb.ip).await;
     let undo = |e: Error| {
-        let (sbc, uid) = (net.sandbox.clone(), uid.clone());
+        let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
         async move {
-            if let Err(t) = blocking(move || sandbox::teardown(&sbc, &uid)).await {
+            let removed = blocking(move || {
+                runtime.remove_sandbox(&sbc, cidr, &uid, Duration::ZERO)?;
+                Ok(())
+            })
+            .await;
+            if let Err(t) = removed {
                 tracing::warn!(error = %t, "removing the sandbox of a launcher that did not start");
             }
             e
         }
     };
-    let proxy = match api_forwarder(net, &sb) {
-        Ok(p) => p,
+    addresses::record(client, &ns, &vmi_obj, ip).await;
+    let proxy = match sb.as_ref().map(|sb| api_forwarder(net, sb)).transpose() {
+        Ok(p) => p.flatten(),
         Err(e) => return Err(undo(e).await),
     };
-    // `ip netns exec` execs the launcher (same pid) in the pod's namespace, with the pod's
-    // resolv.conf mounted over /etc/resolv.conf.
-    let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(sb.exec_prefix()).arg(&cfg.exe).arg("launcher");
-    for dir in sb.launcher_cgroups() {
-        cmd.arg("--cgroup").arg(dir);
-    }
-    let spawned = cmd
-        .arg("--kubeconfig")
-        .arg(&cfg.kubeconfig)
-        .args([
-            "--namespace",
-            &ns,
-            "--vmi",
-            &vmi,
-            "--vmi-uid",
-            &vmi_uid,
-            "--accel",
-            &cfg.accel,
-        ])
-        .arg("--vm-dir")
-        .arg(&vm_dir)
-        .arg("--state-dir")
-        .arg(&cfg.state_dir)
-        .arg("--images-pulled")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        // Its own process group: the launcher (and its VM) outlive signals meant for the handler.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| {
-            Error::Pod(format!(
-                "ip netns exec {} {}: {e}",
-                sb.netns,
-                cfg.exe.display()
-            ))
-        });
-    let child = match spawned {
+    // The launcher: `kuvirt launcher` in the pod's sandbox, or a simulated node's stand-in.
+    let launched = match &sb {
+        Some(sb) => spawn_launcher(cfg, sb, &ns, &vmi, &vmi_uid, &vm_dir, log).map(Some),
+        None => crate::simulated::serve(&vm_dir, crate::simulated::starts_paused(&vmi_obj))
+            .map(|_| None)
+            .map_err(|e| Error::Pod(format!("simulated launcher in {}: {e}", vm_dir.display()))),
+    };
+    let child = match launched {
         Ok(c) => c,
         Err(e) => {
             if let Some(p) = proxy {
@@ -600,10 +645,10 @@ async fn start(
             return Err(undo(e).await);
         }
     };
-    let pid = child.id();
+    let pid = child.as_ref().and_then(tokio::process::Child::id);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod_ip = sb.ip.to_string();
-    let pod_ip6 = sandbox::ipam::ipv6_of(sb.ip).to_string();
+    let pod_ip = ip.to_string();
+    let pod_ip6 = sandbox::ipam::ipv6_of(ip).to_string();
     let host_ip = net.host_ip.to_string();
     // Reported best effort: the launcher runs either way, and the monitor is what matters.
     let _ = pods
@@ -644,10 +689,12 @@ async fn start(
             uid,
             vm_dir: vm_dir.clone(),
         },
-        Some(child),
+        child,
         PodSandbox {
             cfg: net.sandbox.clone(),
-            sandbox: Some(sb),
+            cidr: net.cidr,
+            runtime,
+            ip: Some(ip),
             proxy,
         },
         launchers,
@@ -661,8 +708,58 @@ async fn start(
     })
 }
 
+/// Starts `kuvirt launcher` for a pod in its sandbox: `ip netns exec` execs it (same pid) in the
+/// pod's namespace, with the pod's resolv.conf mounted over /etc/resolv.conf; its output goes to
+/// `log`.
+fn spawn_launcher(
+    cfg: &RunnerConfig,
+    sb: &Sandbox,
+    ns: &str,
+    vmi: &str,
+    vmi_uid: &str,
+    vm_dir: &std::path::Path,
+    log: std::fs::File,
+) -> Result<tokio::process::Child, Error> {
+    let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(sb.exec_prefix()).arg(&cfg.exe).arg("launcher");
+    for dir in sb.launcher_cgroups() {
+        cmd.arg("--cgroup").arg(dir);
+    }
+    cmd.arg("--kubeconfig")
+        .arg(&cfg.kubeconfig)
+        .args([
+            "--namespace",
+            ns,
+            "--vmi",
+            vmi,
+            "--vmi-uid",
+            vmi_uid,
+            "--accel",
+            &cfg.accel,
+        ])
+        .arg("--vm-dir")
+        .arg(vm_dir)
+        .arg("--state-dir")
+        .arg(&cfg.state_dir)
+        .arg("--images-pulled")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: the launcher (and its VM) outlive signals meant for the handler.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            Error::Pod(format!(
+                "ip netns exec {} {}: {e}",
+                sb.netns,
+                cfg.exe.display()
+            ))
+        })
+}
+
 /// Pulls the images of the VMI this pod runs (its current object, if it is still the same one);
-/// returns that object.
+/// returns that object. A simulated node reads the VMI and pulls nothing.
 async fn pull_images(
     client: &kube::Client,
     cfg: &RunnerConfig,
@@ -679,9 +776,11 @@ async fn pull_images(
         // A newer VMI of the same name: this pod is stale, nothing to report on.
         return Err((None, "the VMI was replaced".into()));
     }
-    crate::images::pull(client, &cfg.state_dir, &v)
-        .await
-        .map_err(|e| (Some("ErrImagePull"), e))?;
+    if cfg.runtime == Runtime::Launcher {
+        crate::images::pull(client, &cfg.state_dir, &v)
+            .await
+            .map_err(|e| (Some("ErrImagePull"), e))?;
+    }
     Ok(v)
 }
 
@@ -787,7 +886,11 @@ struct Watched {
 /// What a monitor removes once its launcher has exited.
 struct PodSandbox {
     cfg: SandboxConfig,
-    sandbox: Option<Sandbox>,
+    /// The node's pod CIDR.
+    cidr: Cidr,
+    runtime: Runtime,
+    /// The pod IP, if it has one.
+    ip: Option<Ipv4Addr>,
     /// The API forwarder into the pod's namespace.
     proxy: Option<JoinHandle<()>>,
 }
@@ -887,7 +990,7 @@ async fn monitor(
         uid,
         vm_dir,
     } = w;
-    let pod_ip = sandbox.sandbox.as_ref().map(|s| s.ip);
+    let pod_ip = sandbox.ip;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let socket = vm_dir.join("launcher.sock");
@@ -1088,15 +1191,11 @@ async fn monitor(
     if let Some(p) = sandbox.proxy {
         p.abort();
     }
-    let cfg = sandbox.cfg;
+    let (cfg, cidr, runtime) = (sandbox.cfg, sandbox.cidr, sandbox.runtime);
     let pod_uid = uid.clone();
-    let removed = blocking(move || {
-        if !sandbox::idle_within(&cfg, &pod_uid, Duration::from_secs(5)) {
-            return Ok(false);
-        }
-        sandbox::teardown(&cfg, &pod_uid).map(|()| true)
-    })
-    .await;
+    let removed =
+        blocking(move || runtime.remove_sandbox(&cfg, cidr, &pod_uid, Duration::from_secs(5)))
+            .await;
     match removed {
         Ok(true) => {}
         Ok(false) => {
