@@ -109,6 +109,9 @@ pub fn agent_config(
     })
 }
 
+/// API requests an agent has in flight at most.
+const API_CONCURRENCY: usize = 64;
+
 /// The host part of an `https://HOST:PORT` URL as an address (names are resolved).
 async fn server_ip(url: &str) -> Result<std::net::IpAddr> {
     let authority = url
@@ -142,7 +145,12 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
     cfg.simulated_nodes = args.simulated_nodes;
     let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    // hyper opens one connection per request in flight: without a limit, a node with thousands
+    // of VMs (or simulated nodes with tens of thousands) would hold as many sockets, here and in
+    // the API server. Watches hold a slot only until their response starts.
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(API_CONCURRENCY))
+        .build();
     if cfg.simulated_nodes > 0 {
         eprintln!(
             "kuvirt agent: {} simulated nodes {}-0000… joined {}",
