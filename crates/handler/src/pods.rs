@@ -222,8 +222,13 @@ fn api_forwarder(net: &PodNet, sb: &Sandbox) -> Result<Option<JoinHandle<()>>, E
 }
 
 /// Removes the sandboxes of pods this agent no longer runs (their launchers ended while it was
-/// away). One whose cgroup still has processes is left alone.
-async fn collect_sandboxes(net: &PodNet, launchers: &Launchers) {
+/// away). One whose cgroup still has processes is left alone, and so is one whose launcher is
+/// being started (after a relist, every pod's start runs at once).
+async fn collect_sandboxes(
+    net: &PodNet,
+    launchers: &Launchers,
+    starting: &Mutex<std::collections::HashSet<String>>,
+) {
     let (cfg, cidr, runtime) = (net.sandbox.clone(), net.cidr, net.runtime);
     let Ok(uids) = blocking({
         let cfg = cfg.clone();
@@ -234,7 +239,8 @@ async fn collect_sandboxes(net: &PodNet, launchers: &Launchers) {
         return;
     };
     for uid in uids {
-        if launchers.lock().await.contains_key(&uid) {
+        // `starting` first: a started launcher enters `launchers` before it leaves `starting`.
+        if starting.lock().await.contains(&uid) || launchers.lock().await.contains_key(&uid) {
             continue;
         }
         let cfg = cfg.clone();
@@ -338,7 +344,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                 for uid in gone {
                     stop_or_mark(&client, &cfg.node, &launchers, &starting, &went, &uid).await;
                 }
-                collect_sandboxes(&net, &launchers).await;
+                collect_sandboxes(&net, &launchers, &starting).await;
             }
         }
     }
@@ -998,15 +1004,31 @@ async fn monitor(
     // The grace period a shutdown was last asked with (a shorter one is sent again: the
     // launcher's earliest deadline wins).
     let mut asked_grace: Option<Option<u64>> = None;
+    // Until the launcher first reports its VM up, it is asked every 20 ms: that wait is part of
+    // every VM's start. The VMI is still read only every 500 ms.
+    let mut started = false;
+    let mut last_read: Option<tokio::time::Instant> = None;
     let ok = loop {
+        let every = Duration::from_millis(if started { 500 } else { 20 });
         if let Some(c) = child.as_mut() {
             tokio::select! {
                 s = c.wait() => break s.is_ok_and(|s| s.success()),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(every) => {}
             }
         } else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(every).await;
         }
+        if !started && last_read.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            match call(&socket, Request::Status).await {
+                Ok(Response::Status {
+                    state: VmState::Starting,
+                    ..
+                })
+                | Err(_) => continue,
+                Ok(_) => {}
+            }
+        }
+        last_read = Some(tokio::time::Instant::now());
         // This VMI (not a newer one of the same name), read once per round.
         let current = vmis
             .get_opt(&vmi_name)
@@ -1065,6 +1087,8 @@ async fn monitor(
         if !matches!(cur_phase.as_str(), "Scheduled" | "Running") {
             continue;
         }
+        // The VM is up and its VMI is ours: reported now (or already), so slow down.
+        started = true;
         let cond = |t: &str| {
             cur.conditions
                 .iter()
