@@ -2,8 +2,8 @@
 //! QEMU and no images. Thirty VMs run spread over the three nodes with pod IPs from each node's
 //! pod CIDR (the real pod runner and IPAM, stand-in launchers); pause and unpause go through the
 //! API server and the agent's endpoint; a guest that powers off leaves its VMI Succeeded; a
-//! stopped VM comes back at its sticky address; stopped and deleted VMs leave no VMI, pod or
-//! address behind.
+//! stopped VM comes back at its sticky address; a restarted agent takes its pods up again at
+//! their addresses; stopped and deleted VMs leave no VMI, pod or address behind.
 
 #![allow(clippy::unwrap_used)]
 
@@ -83,17 +83,24 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// The IPAM files (held addresses) under the agent's state directory.
-fn held_addresses(state: &std::path::Path) -> usize {
+/// The addresses held under the agent's state directory (its IPAM files) and their pods.
+fn held(state: &std::path::Path) -> BTreeMap<Ipv4Addr, String> {
     let Ok(nets) = std::fs::read_dir(state.join("ipam")) else {
-        return 0;
+        return BTreeMap::new();
     };
     nets.flatten()
         .filter_map(|n| std::fs::read_dir(n.path()).ok())
         .flatten()
         .flatten()
-        .filter(|f| f.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
-        .count()
+        .filter_map(|f| {
+            let ip = f.file_name().to_string_lossy().parse::<Ipv4Addr>().ok()?;
+            Some((ip, std::fs::read_to_string(f.path()).ok()?))
+        })
+        .collect()
+}
+
+fn held_addresses(state: &std::path::Path) -> usize {
+    held(state).len()
 }
 
 fn paused(v: &VirtualMachineInstance) -> bool {
@@ -109,25 +116,34 @@ async fn thirty_vms_on_three_simulated_nodes() {
     let plane = Plane::new();
     let _server = plane.spawn_with(&["--no-node-agent"]);
     let agent_log = plane.data.path().join("agent.log");
-    let _agent = ServerProc(
-        Command::new(KUVIRT)
-            .args([
-                "agent",
-                "--server",
-                &format!("https://127.0.0.1:{}", plane.port),
-            ])
-            .arg("--token-file")
-            .arg(plane.data.path().join("node-token"))
-            .arg("--state-dir")
-            .arg(plane.state.path())
-            .args(["--node-name", "sim", "--simulated-nodes", "3"])
-            .args(["--node-ip", "127.0.0.1", "--agent-listen", "127.0.0.1:0"])
-            .args(["--pod-network-name", &plane.net.name])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let spawn_agent = || {
+        ServerProc(
+            Command::new(KUVIRT)
+                .args([
+                    "agent",
+                    "--server",
+                    &format!("https://127.0.0.1:{}", plane.port),
+                ])
+                .arg("--token-file")
+                .arg(plane.data.path().join("node-token"))
+                .arg("--state-dir")
+                .arg(plane.state.path())
+                .args(["--node-name", "sim", "--simulated-nodes", "3"])
+                .args(["--node-ip", "127.0.0.1", "--agent-listen", "127.0.0.1:0"])
+                .args(["--pod-network-name", &plane.net.name])
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&agent_log)
+                        .unwrap(),
+                )
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut agent = spawn_agent();
     let log = || std::fs::read_to_string(&agent_log).unwrap_or_default();
     let client = plane.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
@@ -328,6 +344,44 @@ async fn thirty_vms_on_three_simulated_nodes() {
     .await;
     assert_eq!(again, vm00_ip, "the sticky address");
 
+    // The agent killed and started again: its stand-ins come back for the same pods, at the
+    // same addresses (none is collected while its pod is being started again).
+    let before: BTreeMap<String, Option<Ipv4Addr>> = vmis
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|v| (v.metadata.uid.clone().unwrap(), ip_of(v)))
+        .collect();
+    let held_before = held(plane.state.path());
+    assert_eq!(held_before.len(), VMS);
+    drop(agent);
+    agent = spawn_agent();
+    until("every stand-in back", Duration::from_secs(60), async || {
+        for v in vmis.list(&ListParams::default()).await.ok()?.items {
+            let name = v.metadata.name.as_deref()?;
+            let uid = v.metadata.uid.as_deref()?;
+            let sock = kuvirt_handler::pods::vm_dir(plane.state.path(), "default", name, uid)
+                .join("launcher.sock");
+            kuvirt_launcher::protocol::call(&sock, kuvirt_launcher::protocol::Request::Status)
+                .await
+                .ok()?;
+        }
+        Some(())
+    })
+    .await;
+    let after: BTreeMap<String, Option<Ipv4Addr>> = vmis
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|v| (v.metadata.uid.clone().unwrap(), ip_of(v)))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(held(plane.state.path()), held_before);
+
     // Every VM deleted: no VMI, launcher pod or address stays.
     for name in &names {
         vms.delete(name, &DeleteParams::default()).await.unwrap();
@@ -350,4 +404,5 @@ async fn thirty_vms_on_three_simulated_nodes() {
         nodes.get("sim-0000").await.is_ok(),
         "the nodes stay registered"
     );
+    drop(agent);
 }
