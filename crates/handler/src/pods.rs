@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::VirtualMachineInstanceNetworkInterface;
 use kuvirt_launcher::protocol::{Request, Response, call};
@@ -267,6 +267,19 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     let starting: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let went: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
     let mut seen = std::collections::HashSet::new();
+    // The VMIs on this node, watched once for every monitor: a GET per VM and round would
+    // grow with the VMs (2 reads a second per VM).
+    let (vmi_cache, writer) = reflector::store::<VirtualMachineInstance>();
+    let vmi_watch = reflector(
+        writer,
+        watcher(
+            Api::<VirtualMachineInstance>::all(client.clone()),
+            watcher::Config::default().fields(&format!("status.nodeName={}", cfg.node)),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let vmi_watch = tokio::spawn(vmi_watch);
     let mut events = watcher(pods, wc).default_backoff().boxed();
     while let Some(ev) = events.next().await {
         let ev = match ev {
@@ -291,10 +304,11 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                     && starting.lock().await.insert(uid.clone())
                 {
                     let (client, cfg, net) = (client.clone(), cfg.clone(), net.clone());
+                    let vmis = vmi_cache.clone();
                     let (launchers, starting, went) =
                         (launchers.clone(), starting.clone(), went.clone());
                     tokio::spawn(async move {
-                        match start(&client, &cfg, &net, &pod, launchers.clone()).await {
+                        match start(&client, &cfg, &net, &pod, &vmis, launchers.clone()).await {
                             Ok(l) => {
                                 launchers.lock().await.insert(uid.clone(), l);
                             }
@@ -348,6 +362,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
             }
         }
     }
+    vmi_watch.abort();
     Ok(())
 }
 
@@ -476,6 +491,7 @@ async fn start(
     cfg: &RunnerConfig,
     net: &PodNet,
     pod: &Pod,
+    vmis: &Store<VirtualMachineInstance>,
     launchers: Launchers,
 ) -> Result<Launcher, Error> {
     let ns = pod
@@ -549,6 +565,7 @@ async fn start(
                 pod_name,
                 uid,
                 vm_dir: vm_dir.clone(),
+                vmis: vmis.clone(),
             },
             None,
             PodSandbox {
@@ -694,6 +711,7 @@ async fn start(
             pod_name,
             uid,
             vm_dir: vm_dir.clone(),
+            vmis: vmis.clone(),
         },
         child,
         PodSandbox {
@@ -876,6 +894,25 @@ fn adopted_outcome(vm_dir: &std::path::Path) -> bool {
         .is_some_and(|r| r.succeeded())
 }
 
+/// The newer of two copies of one object, by resourceVersion (the watch's copy when they cannot
+/// be compared).
+fn freshest(
+    cached: Option<VirtualMachineInstance>,
+    patched: Option<VirtualMachineInstance>,
+) -> Option<VirtualMachineInstance> {
+    let rv = |v: &VirtualMachineInstance| {
+        v.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok())
+    };
+    match (cached, patched) {
+        (Some(c), Some(p)) if p.metadata.uid == c.metadata.uid && rv(&p) > rv(&c) => Some(p),
+        (Some(c), _) => Some(c),
+        (None, _) => None,
+    }
+}
+
 /// The launcher pod a monitor follows.
 struct Watched {
     /// This node (events name it).
@@ -887,6 +924,8 @@ struct Watched {
     /// The pod's uid.
     uid: String,
     vm_dir: PathBuf,
+    /// The node's VMIs as the agent's watch has them.
+    vmis: Store<VirtualMachineInstance>,
 }
 
 /// What a monitor removes once its launcher has exited.
@@ -995,6 +1034,7 @@ async fn monitor(
         pod_name,
         uid,
         vm_dir,
+        vmis: cache,
     } = w;
     let pod_ip = sandbox.ip;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
@@ -1008,6 +1048,7 @@ async fn monitor(
     // every VM's start. The VMI is still read only every 500 ms.
     let mut started = false;
     let mut last_read: Option<tokio::time::Instant> = None;
+    let mut last_patched: Option<VirtualMachineInstance> = None;
     let ok = loop {
         let every = Duration::from_millis(if started { 500 } else { 20 });
         if let Some(c) = child.as_mut() {
@@ -1029,12 +1070,12 @@ async fn monitor(
             }
         }
         last_read = Some(tokio::time::Instant::now());
-        // This VMI (not a newer one of the same name), read once per round.
-        let current = vmis
-            .get_opt(&vmi_name)
-            .await
-            .ok()
-            .flatten()
+        // This VMI (not a newer one of the same name): the watch's copy, or what our last patch
+        // returned while the watch has not caught up with it.
+        let cached = cache
+            .get(&ObjectRef::new(&vmi_name).within(&ns))
+            .map(|v| (*v).clone());
+        let current = freshest(cached, last_patched.clone())
             .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
         // Deleted (its finalizer holds it until the VM is down): shut the guest down with the
         // VMI's grace period, which a forced stop may have shortened.
@@ -1133,6 +1174,7 @@ async fn monitor(
         else {
             continue;
         };
+        last_patched = Some(patched.clone());
         let was_paused = cond("Paused").unwrap_or(false);
         let happened = if cur_phase != "Running" && phase == "Running" {
             Some(VmiEvent::Started)
