@@ -79,6 +79,9 @@ struct Args {
     /// tcg or kvm, for kuvirt and bare QEMU alike.
     #[arg(long, default_value = "tcg")]
     accel: String,
+    /// VMIs for control-plane (default: 10,000; 1,000 with --quick).
+    #[arg(long)]
+    control_plane_vmis: Option<usize>,
     /// Replace the measured section of this SPEC.md with the results.
     #[arg(long)]
     update_spec: Option<PathBuf>,
@@ -130,6 +133,9 @@ async fn main() -> Result<()> {
     if !args.only.is_empty() {
         command.push_str(&format!(" --only {}", args.only.join(",")));
     }
+    if let Some(n) = args.control_plane_vmis {
+        command.push_str(&format!(" --control-plane-vmis {n}"));
+    }
     let mut report = Report {
         date: jiff::Timestamp::now()
             .strftime("%Y-%m-%d %H:%M UTC")
@@ -152,6 +158,11 @@ async fn main() -> Result<()> {
         accel: args.accel.clone(),
         quick: args.quick,
         guest,
+        control_plane_vmis: args.control_plane_vmis.unwrap_or(if args.quick {
+            1000
+        } else {
+            10_000
+        }),
     };
     let started = Instant::now();
     let mut failed = false;

@@ -121,7 +121,7 @@ fn vmi(name: &str) -> Result<VirtualMachineInstance> {
 }
 
 pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
-    let n: usize = if ctx.quick { 1000 } else { 10_000 };
+    let n = ctx.control_plane_vmis.max(1);
     let nodes = n.div_ceil(PER_NODE);
     let server = Server::start(
         &ctx.paths,
@@ -163,7 +163,7 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
     }
     let created_in = t0.elapsed();
     tracker
-        .wait_all(&names, "Running", Duration::from_secs(3600))
+        .wait_all(&names, "Running", Duration::from_secs(1800))
         .await?;
     let all_running = t0.elapsed();
     let posted = posted.lock().map(|p| p.clone()).unwrap_or_default();

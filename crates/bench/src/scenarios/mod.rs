@@ -27,6 +27,8 @@ pub struct Ctx {
     pub quick: bool,
     /// The demo guest (for scenarios that boot real VMs).
     pub guest: Option<Guest>,
+    /// How many VMIs control-plane creates.
+    pub control_plane_vmis: usize,
 }
 
 impl Ctx {
