@@ -184,8 +184,9 @@ async fn main() -> Result<()> {
             eprintln!("kuvirt-bench: {name} failed: {e:#}");
             sc.error = Some(format!("{e:#}"));
             failed = true;
-            // Whatever it left running goes before the next scenario.
-            plane::kill_under(&ctx.paths.work);
+            // Whatever it left running goes before the next scenario (not the registry).
+            plane::kill_under(&ctx.paths.work.join(name));
+            plane::kill_under(&ctx.paths.work.join("bare"));
             plane::remove_pod_network();
         }
         for t in &sc.targets {

@@ -54,7 +54,9 @@ pub fn vm(name: &str, image: &str) -> Result<VirtualMachine> {
                     "terminationGracePeriodSeconds": 0,
                     "domain": {
                         "devices": {"disks": [{"name": "containerdisk", "disk": {"bus": "virtio"}}]},
-                        "resources": {"requests": {"memory": format!("{MEMORY_MIB}Mi")}},
+                        // A small CPU request: 50 or 100 VMs must fit a 2-core node (KubeVirt's
+                        // default, 100m per vCPU, would place 20), and CPU is not measured here.
+                        "resources": {"requests": {"memory": format!("{MEMORY_MIB}Mi"), "cpu": "10m"}},
                     },
                     "volumes": [{"name": "containerdisk", "containerDisk": {"image": image}}],
                 },
