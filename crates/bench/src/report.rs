@@ -120,8 +120,19 @@ impl Report {
             .iter()
             .flat_map(|sc| sc.targets.iter().map(move |t| (sc, t)))
             .collect();
-        if !targets.is_empty() {
+        let unfinished: Vec<&Scenario> = self
+            .scenarios
+            .iter()
+            .filter(|sc| sc.error.is_some() && sc.targets.is_empty())
+            .collect();
+        if !targets.is_empty() || !unfinished.is_empty() {
             s.push_str("| Target | Limit | Measured | |\n|---|---|---|---|\n");
+            for sc in &unfinished {
+                s.push_str(&format!(
+                    "| the target of {} | | did not finish | **not measured** |\n",
+                    sc.name
+                ));
+            }
             for (sc, t) in targets {
                 s.push_str(&format!(
                     "| {} ({}) | ≤ {} {} | {} {} | {} |\n",
