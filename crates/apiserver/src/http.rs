@@ -208,13 +208,18 @@ fn openapi(uri: &Uri) -> Option<Result<Response, ApiError>> {
     }))
 }
 
+/// Whether a `watch` query value asks for a watch.
+pub fn watch_requested(value: &str) -> bool {
+    value == "true" || value == "1"
+}
+
 /// The Kubernetes verb a request is.
 fn verb(
     method: &Method,
     t: &Target,
     q: &HashMap<String, String>,
 ) -> Result<&'static str, ApiError> {
-    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let watch = q.get("watch").is_some_and(|w| watch_requested(w));
     let not_allowed = || {
         ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method}"

@@ -125,14 +125,14 @@ fn escape(v: &str) -> String {
     s
 }
 
-/// Whether a query asks for a watch (`watch=true`, `watch=1`: anything but false and 0).
+/// Whether a query asks for a watch, by the rule the server serves it by.
 fn watch_query(query: Option<&str>) -> bool {
     query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == "watch").then(|| !matches!(v.to_ascii_lowercase().as_str(), "false" | "0"))
+            (k == "watch").then(|| crate::http::watch_requested(v))
         })
         .unwrap_or(false)
 }
@@ -211,23 +211,13 @@ pub fn classify(
     Some(info)
 }
 
-/// The media type of a request's body, without parameters.
-fn content_type(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|c| c.split(';').next())
-        .unwrap_or("")
-        .trim()
-}
-
 /// Middleware: counts every `/api` and `/apis` request with the code it was answered with.
 pub async fn count(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let info = classify(
         req.method(),
         req.uri().path(),
         req.uri().query(),
-        content_type(req.headers()),
+        &crate::http::content_type(req.headers()),
     );
     let response = next.run(req).await;
     if let Some(info) = info {
