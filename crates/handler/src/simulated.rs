@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::StartStrategy;
 use kuvirt_launcher::machine::Accel;
-use kuvirt_launcher::protocol::{Envelope, PROTOCOL_VERSION, Request, Response};
+use kuvirt_launcher::protocol::{self, MAX_LINE, Request, Response};
 use kuvirt_launcher::vm::{ExitReason, VmState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -28,9 +28,6 @@ pub const LABEL: &str = "kuvirt.io/simulated";
 
 /// What a screendump of a simulated VM answers.
 pub const NO_DISPLAY: &str = "simulated node has no display";
-
-/// Longest request line a stand-in reads.
-const MAX_LINE: usize = 64 * 1024;
 
 /// Nodes registered or heartbeated at once.
 const NODE_CONCURRENCY: usize = 16;
@@ -108,17 +105,9 @@ impl SimVm {
 
     /// The answer to one request line of the wire protocol.
     pub fn answer_line(&mut self, line: &str) -> (Response, Option<ExitReason>) {
-        let error = |message: String| (Response::Error { message }, None);
-        if line.len() > MAX_LINE {
-            return error("request too long".into());
-        }
-        match serde_json::from_str::<Envelope>(line) {
-            Err(e) => error(format!("bad request: {e}")),
-            Ok(env) if env.version != PROTOCOL_VERSION => error(format!(
-                "protocol version {} not supported (this launcher speaks {PROTOCOL_VERSION})",
-                env.version
-            )),
-            Ok(env) => self.answer(&env.request),
+        match protocol::decode(line) {
+            Ok(request) => self.answer(&request),
+            Err(refused) => (refused, None),
         }
     }
 }
@@ -288,6 +277,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use kuvirt_launcher::protocol::{Envelope, PROTOCOL_VERSION};
 
     fn line(req: Request) -> String {
         serde_json::to_string(&Envelope {

@@ -17,7 +17,24 @@ use crate::vm::{Vm, VmState};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Longest request line accepted; anything longer is garbage.
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The request on one line of the wire, or the error answer it gets (too long, not a request,
+/// another protocol version).
+pub fn decode(line: &str) -> Result<Request, Response> {
+    let error = |message: String| Response::Error { message };
+    if line.len() > MAX_LINE {
+        return Err(error("request too long".into()));
+    }
+    match serde_json::from_str::<Envelope>(line) {
+        Err(e) => Err(error(format!("bad request: {e}"))),
+        Ok(env) if env.version != PROTOCOL_VERSION => Err(error(format!(
+            "protocol version {} not supported (this launcher speaks {PROTOCOL_VERSION})",
+            env.version
+        ))),
+        Ok(env) => Ok(env.request),
+    }
+}
 
 /// What a client may ask.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,20 +119,9 @@ pub async fn serve(listener: UnixListener, served: Arc<Served>) {
                     .await;
                 let response = match read {
                     Ok(0) | Err(_) => break,
-                    Ok(_) if line.len() > MAX_LINE => Response::Error {
-                        message: "request too long".into(),
-                    },
-                    Ok(_) => match serde_json::from_str::<Envelope>(&line) {
-                        Err(e) => Response::Error {
-                            message: format!("bad request: {e}"),
-                        },
-                        Ok(env) if env.version != PROTOCOL_VERSION => Response::Error {
-                            message: format!(
-                                "protocol version {} not supported (this launcher speaks {PROTOCOL_VERSION})",
-                                env.version
-                            ),
-                        },
-                        Ok(env) => handle(&served, env.request).await,
+                    Ok(_) => match decode(&line) {
+                        Ok(request) => handle(&served, request).await,
+                        Err(refused) => refused,
                     },
                 };
                 let Ok(mut out) = serde_json::to_string(&response) else {
