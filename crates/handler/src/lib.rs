@@ -65,28 +65,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
         cert_sha256: ep.cert_sha256.clone(),
         simulated: false,
     };
-    // Registration waits out another agent that still holds this node's name.
-    loop {
-        match node::register(&client, &me).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "registering the node; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    }
-    let hb_client = client.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cfg.heartbeat.max(Duration::from_millis(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = node::heartbeat(&hb_client, &me).await {
-                tracing::warn!(error = %e, "node heartbeat failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    });
+    node::register_all(&client, std::slice::from_ref(&me)).await;
+    let heartbeat = node::keep_ready(client.clone(), vec![me], cfg.heartbeat);
     let svc_cfg = services::ServicesConfig {
         node: cfg.runner.node.clone(),
         pod_network: cfg.runner.pod_network.clone(),

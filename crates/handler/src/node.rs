@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -42,6 +43,47 @@ pub struct Identity {
 
 /// A simulated node's capacity: memory, CPUs, pods.
 pub const SIMULATED_CAPACITY: (&str, &str, &str) = ("256Gi", "64", "250");
+
+/// Nodes registered or heartbeated at once (an agent of simulated nodes has many).
+const CONCURRENCY: usize = 16;
+
+/// Registers every node, each retried every 5 s until it is done: registration waits out
+/// another agent that still holds a node's name.
+pub async fn register_all(client: &kube::Client, nodes: &[Identity]) {
+    futures_util::stream::iter(nodes)
+        .for_each_concurrent(CONCURRENCY, |me| async move {
+            while let Err(e) = register(client, me).await {
+                tracing::warn!(node = %me.name, error = %e, "registering the node; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+        .await;
+}
+
+/// Heartbeats every node once per `every` until the task is aborted.
+pub fn keep_ready(
+    client: kube::Client,
+    nodes: Vec<Identity>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            futures_util::stream::iter(&nodes)
+                .for_each_concurrent(CONCURRENCY, |me| {
+                    let client = &client;
+                    async move {
+                        if let Err(e) = heartbeat(client, me).await {
+                            tracing::warn!(node = %me.name, error = %e, "node heartbeat failed");
+                        }
+                    }
+                })
+                .await;
+        }
+    })
+}
 
 /// The address the API server at `server` reaches this host at: the source address of the route
 /// towards it (no packet is sent), or for a server on loopback, of the default route; loopback

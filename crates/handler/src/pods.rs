@@ -68,7 +68,46 @@ pub enum Runtime {
     Simulated,
 }
 
+/// A pod's sandbox as a runtime makes it: its address, and for a launcher the sandbox itself.
+type MadeSandbox = (Ipv4Addr, Option<Sandbox>);
+
 impl Runtime {
+    /// Makes pod `uid`'s sandbox with the address `want` asks for.
+    fn create_sandbox(
+        self,
+        cfg: &SandboxConfig,
+        cidr: Cidr,
+        uid: &str,
+        limits: &Limits,
+        want: &sandbox::ipam::IpRequest,
+    ) -> Result<MadeSandbox, SandboxError> {
+        match self {
+            Runtime::Launcher => {
+                sandbox::create(cfg, cidr, uid, limits, want).map(|sb| (sb.ip, Some(sb)))
+            }
+            Runtime::Simulated => Ipam::new(&cfg.state_dir, cidr)
+                .allocate_as(uid, want)
+                .map(|ip| (ip, None)),
+        }
+    }
+
+    /// Pod `uid`'s existing sandbox, if any.
+    fn find_sandbox(
+        self,
+        cfg: &SandboxConfig,
+        cidr: Cidr,
+        uid: &str,
+    ) -> Result<Option<MadeSandbox>, SandboxError> {
+        match self {
+            Runtime::Launcher => {
+                sandbox::find(cfg, cidr, uid).map(|f| f.map(|sb| (sb.ip, Some(sb))))
+            }
+            Runtime::Simulated => Ipam::new(&cfg.state_dir, cidr)
+                .lookup(uid)
+                .map(|ip| ip.map(|ip| (ip, None))),
+        }
+    }
+
     /// Removes pod `uid`'s sandbox once nothing runs in it any more (waiting up to `wait`);
     /// whether it went.
     fn remove_sandbox(
@@ -528,14 +567,7 @@ async fn start(
         let runtime = cfg.runtime;
         let found = blocking({
             let (sb, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
-            move || match runtime {
-                Runtime::Launcher => {
-                    sandbox::find(&sb, cidr, &uid).map(|f| f.map(|sb| (sb.ip, Some(sb))))
-                }
-                Runtime::Simulated => Ipam::new(&sb.state_dir, cidr)
-                    .lookup(&uid)
-                    .map(|ip| ip.map(|ip| (ip, None))),
-            }
+            move || runtime.find_sandbox(&sb, cidr, &uid)
         })
         .await
         .unwrap_or_else(|e| {
@@ -614,14 +646,7 @@ async fn start(
     let runtime = cfg.runtime;
     let created = tokio::task::spawn_blocking({
         let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
-        move || match runtime {
-            Runtime::Launcher => {
-                sandbox::create(&sbc, cidr, &uid, &limits, &want).map(|sb| (sb.ip, Some(sb)))
-            }
-            Runtime::Simulated => Ipam::new(&sbc.state_dir, cidr)
-                .allocate_as(&uid, &want)
-                .map(|ip| (ip, None)),
-        }
+        move || runtime.create_sandbox(&sbc, cidr, &uid, &limits, &want)
     })
     .await
     .map_err(|e| Error::Pod(format!("sandbox task: {e}")))?;

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::StartStrategy;
 use kuvirt_launcher::machine::Accel;
@@ -28,9 +27,6 @@ pub const LABEL: &str = "kuvirt.io/simulated";
 
 /// What a screendump of a simulated VM answers.
 pub const NO_DISPLAY: &str = "simulated node has no display";
-
-/// Nodes registered or heartbeated at once.
-const NODE_CONCURRENCY: usize = 16;
 
 /// The names of `count` simulated nodes: `<base>-0000`, `<base>-0001`, …
 pub fn node_names(base: &str, count: u32) -> Vec<String> {
@@ -215,38 +211,9 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, count: u32) -> Result<(
             simulated: true,
         })
         .collect();
-    // Each registration waits out another agent that still holds its node's name.
-    futures_util::stream::iter(&nodes)
-        .for_each_concurrent(NODE_CONCURRENCY, |me| {
-            let client = client.clone();
-            async move {
-                while let Err(e) = node::register(&client, me).await {
-                    tracing::warn!(node = %me.name, error = %e, "registering a simulated node; retrying");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            }
-        })
-        .await;
+    node::register_all(&client, &nodes).await;
     tracing::info!(count, first = %nodes.first().map_or("", |n| n.name.as_str()), "simulated nodes registered");
-    let hb_client = client.clone();
-    let hb_nodes = nodes.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(cfg.heartbeat.max(Duration::from_millis(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            futures_util::stream::iter(&hb_nodes)
-                .for_each_concurrent(NODE_CONCURRENCY, |me| {
-                    let client = hb_client.clone();
-                    async move {
-                        if let Err(e) = node::heartbeat(&client, me).await {
-                            tracing::warn!(node = %me.name, error = %e, "node heartbeat failed");
-                        }
-                    }
-                })
-                .await;
-        }
-    });
+    let heartbeat = node::keep_ready(client.clone(), nodes.clone(), cfg.heartbeat);
     let runners: Vec<JoinHandle<Result<(), Error>>> = nodes
         .iter()
         .map(|me| {
