@@ -21,38 +21,40 @@ use plane::{Guest, Paths, Registry};
 use report::{Report, Scenario};
 use scenarios::Ctx;
 
-/// Every scenario, in the order they run, with what each does.
-const SCENARIOS: &[(&str, &str)] = &[
+/// Every scenario, in the order they run: its name, what it does, whether it boots the demo
+/// guest (which needs a registry).
+const SCENARIOS: &[(&str, &str, bool)] = &[
     (
         "idle",
         "RSS of an idle `kuvirt server` (API server, controllers, node agent), sampled once a second.",
+        false,
     ),
     (
         "api",
         "ConfigMap create/get (16 in flight), list and watch against the embedded API server over HTTPS (kube-rs).",
+        false,
     ),
     (
         "control-plane",
         "VMIs created 32 at a time on simulated nodes (`kuvirt agent --simulated-nodes`: real pod runner, launchers that report Running without QEMU); latency from POST to the watch showing Running; API requests from the server's /metrics.",
+        false,
     ),
     (
         "start-latency",
         "Alternating runs of a bare QEMU boot of the demo disk (spawn → QMP: vCPUs running) and a kuvirt start (POST VirtualMachine → the VMI watch shows Running), one warm-up each.",
+        true,
     ),
     (
         "overhead",
         "1, 10 and 50 VMs running with their guests booted (`kuvirt-guest: ready`): RSS/PSS of each launcher and of the server, QEMU excluded.",
+        true,
     ),
     (
         "burst",
         "N VirtualMachines posted at once until all VMIs are Running, against N bare QEMUs started at once until all run.",
+        true,
     ),
 ];
-
-/// Needs the demo guest and a registry.
-fn boots_guests(name: &str) -> bool {
-    matches!(name, "start-latency" | "overhead" | "burst")
-}
 
 #[derive(Parser)]
 #[command(
@@ -93,14 +95,14 @@ async fn main() -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("kuvirt-bench runs VMs in pod sandboxes: run it as root");
     }
-    let selected: Vec<&(&str, &str)> = SCENARIOS
+    let selected: Vec<&(&str, &str, bool)> = SCENARIOS
         .iter()
-        .filter(|(n, _)| args.only.is_empty() || args.only.iter().any(|o| o == n))
+        .filter(|(n, _, _)| args.only.is_empty() || args.only.iter().any(|o| o == n))
         .collect();
     if let Some(bad) = args
         .only
         .iter()
-        .find(|o| !SCENARIOS.iter().any(|(n, _)| n == o))
+        .find(|o| !SCENARIOS.iter().any(|(n, _, _)| n == o))
     {
         bail!("--only {bad}: no such scenario");
     }
@@ -145,7 +147,7 @@ async fn main() -> Result<()> {
         command,
         scenarios: Vec::new(),
     };
-    let (_registry, guest) = if selected.iter().any(|(n, _)| boots_guests(n)) {
+    let (_registry, guest) = if selected.iter().any(|(_, _, boots)| *boots) {
         eprintln!("kuvirt-bench: building the demo guest and pushing it to a local registry");
         let registry = Registry::start(&paths.work).await?;
         let guest = Guest::build_and_push(&paths, &registry)?;
@@ -166,7 +168,7 @@ async fn main() -> Result<()> {
     };
     let started = Instant::now();
     let mut failed = false;
-    for (name, method) in selected {
+    for (name, method, _) in selected {
         eprintln!("kuvirt-bench: {name}");
         let mut sc = Scenario::new(name, method);
         let t = Instant::now();

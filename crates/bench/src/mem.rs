@@ -124,6 +124,23 @@ pub fn vm_tree(server: u32) -> Tree {
     tree
 }
 
+/// A process's memory sampled `n` times, `every` apart (samples of a gone process are missing).
+pub async fn sample(pid: u32, n: usize, every: std::time::Duration) -> Vec<Mem> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        out.extend(of(pid));
+    }
+    out
+}
+
+/// The mean RSS of samples, KiB (NaN without any).
+pub fn mean_rss_kib(samples: &[Mem]) -> f64 {
+    samples.iter().map(|m| m.rss_kib as f64).sum::<f64>() / samples.len() as f64
+}
+
 /// The summed memory of some pids (gone ones count nothing).
 pub fn total(pids: &[u32]) -> Mem {
     pids.iter().filter_map(|p| of(*p)).sum()
@@ -151,6 +168,16 @@ mod tests {
     fn ppid_after_a_name_with_spaces() {
         assert_eq!(parse_ppid("42 (a b) c) S 17 42 42 0"), Some(17));
         assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn mean_of_samples() {
+        let m = |rss_kib| Mem {
+            rss_kib,
+            pss_kib: 0,
+        };
+        assert_eq!(mean_rss_kib(&[m(10), m(20)]), 15.0);
+        assert!(mean_rss_kib(&[]).is_nan());
     }
 
     #[test]

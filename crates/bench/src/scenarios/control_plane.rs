@@ -15,7 +15,8 @@ use kuvirt_api::VirtualMachineInstance;
 use serde_json::json;
 
 use super::{Ctx, NAMESPACE, mib, ms};
-use crate::plane::{Server, ServerOpts, simulated_nodes};
+use crate::mem;
+use crate::plane::{Server, ServerOpts, simulated_nodes, until};
 use crate::report::Scenario;
 use crate::stats::Summary;
 use crate::tracker::Tracker;
@@ -89,6 +90,14 @@ impl Requests {
         }
     }
 
+    /// The nodes' heartbeats (they go on whatever the VMIs do).
+    fn heartbeats(&self) -> f64 {
+        self.writes_by_resource
+            .get("nodes/status")
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     fn writes(&self) -> f64 {
         WRITES
             .iter()
@@ -131,9 +140,8 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
     .await?;
     let _agent = simulated_nodes(&ctx.paths, &server, nodes).await?;
     let tracker = Tracker::start(&server.client, NAMESPACE).await?;
-    let before_mem = super::idle::sample(server.pid(), 3, Duration::from_millis(500)).await;
-    let rss_before =
-        before_mem.iter().map(|m| m.rss_kib as f64).sum::<f64>() / before_mem.len().max(1) as f64;
+    let half = Duration::from_millis(500);
+    let rss_before = mem::mean_rss_kib(&mem::sample(server.pid(), 3, half).await);
     let store = server.data.join("store.redb");
     let store_before = std::fs::metadata(&store).map_or(0, |m| m.len());
     let before = scrape(&server.client).await?;
@@ -175,12 +183,22 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
         })
         .collect();
     let s = Summary::of(&lat);
-    // Quiet again (no more status writes), then the counters and the memory.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = scrape(&server.client).await?.minus(&before);
-    let after_mem = super::idle::sample(server.pid(), 3, Duration::from_millis(500)).await;
-    let rss_after =
-        after_mem.iter().map(|m| m.rss_kib as f64).sum::<f64>() / after_mem.len().max(1) as f64;
+    // Quiet again (no status writes within half a second), then the counters and the memory.
+    let mut last = scrape(&server.client).await?;
+    let after = until(
+        "API writes settled",
+        Duration::from_secs(60),
+        half,
+        async || {
+            let now = scrape(&server.client).await.ok()?;
+            let settled = now.writes() - now.heartbeats() == last.writes() - last.heartbeats();
+            last = now.clone();
+            settled.then_some(now)
+        },
+    )
+    .await?
+    .minus(&before);
+    let rss_after = mem::mean_rss_kib(&mem::sample(server.pid(), 3, half).await);
     let store_after = std::fs::metadata(&store).map_or(0, |m| m.len());
     let nf = n as f64;
 

@@ -10,24 +10,10 @@ use crate::mem;
 use crate::plane::{Server, ServerOpts};
 use crate::report::Scenario;
 
-/// Samples a process's memory `n` times, `every` apart.
-pub async fn sample(pid: u32, n: usize, every: Duration) -> Vec<mem::Mem> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        if i > 0 {
-            tokio::time::sleep(every).await;
-        }
-        if let Some(m) = mem::of(pid) {
-            out.push(m);
-        }
-    }
-    out
-}
-
 pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
     let secs = if ctx.quick { 5 } else { 20 };
     let server = Server::start(&ctx.paths, "idle", &ServerOpts { node_agent: true }).await?;
-    let samples = sample(server.pid(), secs, Duration::from_secs(1)).await;
+    let samples = mem::sample(server.pid(), secs, Duration::from_secs(1)).await;
     let rss: Vec<f64> = samples.iter().map(|m| mib(m.rss_kib as f64)).collect();
     let pss: Vec<f64> = samples.iter().map(|m| mib(m.pss_kib as f64)).collect();
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);

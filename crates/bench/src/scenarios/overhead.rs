@@ -16,8 +16,7 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
     let guest = ctx.guest()?;
     let server = Server::start(&ctx.paths, "overhead", &ServerOpts { node_agent: true }).await?;
     let tracker = Tracker::start(&server.client, NAMESPACE).await?;
-    let idle = super::idle::sample(server.pid(), 3, Duration::from_secs(1)).await;
-    let idle_rss = idle.iter().map(|m| m.rss_kib as f64).sum::<f64>() / idle.len().max(1) as f64;
+    let idle_rss = mem::mean_rss_kib(&mem::sample(server.pid(), 3, Duration::from_secs(1)).await);
     let mut judged = f64::NAN;
     for &n in counts {
         let names: Vec<String> = (0..n).map(|i| format!("vm{n}-{i}")).collect();
