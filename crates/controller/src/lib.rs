@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod node;
+pub mod placement;
 pub mod pod;
 pub mod podcidr;
 pub mod schedule;
@@ -13,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
+use kube::Resource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
 /// A reconcile failure; retried with a delay.
@@ -88,15 +91,27 @@ pub async fn run(
                 tracing::debug!(error = %e, "vm controller");
             }
         });
-    let vmi_ctx = Arc::new(vmi::Context {
-        client,
-        launcher_image: opts.launcher_image,
-        schedule: opts.schedule,
-        memory_overcommit: opts.memory_overcommit,
-        placing: tokio::sync::Mutex::new(()),
+    // One pod watch: it fills the VMI controller's pod cache and triggers its reconciles.
+    let (pod_cache, pod_writer) = reflector::store();
+    let pod_events = watcher(pods, watcher::Config::default())
+        .default_backoff()
+        .modify(|p: &mut Pod| p.meta_mut().managed_fields = None)
+        .reflect(pod_writer)
+        .touched_objects();
+    let mut caches = Vec::new();
+    let placement = opts.schedule.then(|| {
+        let nodes: Store<Node> = cache(&client, &mut caches);
+        let namespaces: Store<Namespace> = cache(&client, &mut caches);
+        placement::Placement::new(nodes, namespaces, opts.memory_overcommit)
     });
+    let vmi_ctx = Arc::new(vmi::Context::new(
+        client,
+        opts.launcher_image,
+        pod_cache,
+        placement,
+    ));
     let vmi_controller = Controller::new(vmis, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_stream(pod_events)
         .graceful_shutdown_on(vmi_stop)
         .run(vmi::reconcile, vmi_error_policy, vmi_ctx)
         .for_each(|r| async move {
@@ -111,6 +126,29 @@ pub async fn run(
     ));
     tokio::join!(vm_controller, vmi_controller);
     nodes.abort();
+    for c in caches {
+        c.abort();
+    }
+}
+
+/// A cache of every `K`, kept by a task pushed onto `tasks`.
+fn cache<K>(client: &kube::Client, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| std::future::ready(()));
+    tasks.push(tokio::spawn(events));
+    store
 }
 
 fn vmi_error_policy(

@@ -5,7 +5,8 @@
 //! (anti-)affinity score wins, then the most free memory. Pure: nodes, the pods already placed and
 //! the namespaces come in as data.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeSelectorRequirement, Pod, Toleration};
 use kuvirt_api::quantity::parse_quantity;
@@ -107,17 +108,33 @@ fn terminal(pod: &Pod) -> bool {
 /// Picks a node for `pod`. `placed` are the pods already bound (their nodeName counts);
 /// `namespaces` are there for pod affinity terms with a namespaceSelector.
 /// `memory_overcommit` is a percentage: 150 lets requests reach 1.5× a node's memory.
+/// The slices take owned objects or shared ones (a reflector store's `Arc`s).
 pub fn pick(
     pod: &Pod,
-    nodes: &[Node],
-    placed: &[Pod],
-    namespaces: &[Namespace],
+    nodes: &[impl Borrow<Node>],
+    placed: &[impl Borrow<Pod>],
+    namespaces: &[impl Borrow<Namespace>],
     memory_overcommit: u64,
 ) -> Result<String, Unschedulable> {
     let spec = pod.spec.clone().unwrap_or_default();
     let (want_mem, want_cpu) = requests(pod);
-    let live: Vec<&Pod> = placed.iter().filter(|p| !terminal(p)).collect();
-    let inter_pod = InterPod::new(pod, nodes, &live, namespaces);
+    let live: Vec<&Pod> = placed
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|p| !terminal(p))
+        .collect();
+    let nodes: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
+    let namespaces: Vec<&Namespace> = namespaces.iter().map(Borrow::borrow).collect();
+    let inter_pod = InterPod::new(pod, &nodes, &live, &namespaces);
+    // What the live pods request of each node, in one pass (not one per node).
+    let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
+    for p in &live {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            let (m, c) = requests(p);
+            let u = used.entry(n).or_default();
+            *u = (u.0.saturating_add(m), u.1.saturating_add(c));
+        }
+    }
     // A sticky or requested pod IP (`kuvirt.io/ip`) can only be had on the node whose pod CIDR
     // holds it.
     let requested_ip = pod
@@ -136,7 +153,7 @@ pub fn pick(
     let mut reasons = Vec::new();
     // (keeps its sticky IP, preferred pod affinity score, free memory, name)
     let mut best: Option<(bool, i64, u64, String)> = None;
-    for node in nodes {
+    for &node in &nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         let labels = node.metadata.labels.clone().unwrap_or_default();
         let nspec = node.spec.clone().unwrap_or_default();
@@ -194,13 +211,7 @@ pub fn pick(
         let cap_mem =
             bytes(alloc.and_then(|a| a.get("memory"))).saturating_mul(memory_overcommit) / 100;
         let cap_cpu = millis(alloc.and_then(|a| a.get("cpu")));
-        let (used_mem, used_cpu) = live
-            .iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
-            .map(|p| requests(p))
-            .fold((0u64, 0u64), |(m, c), (pm, pc)| {
-                (m.saturating_add(pm), c.saturating_add(pc))
-            });
+        let (used_mem, used_cpu) = used.get(name.as_str()).copied().unwrap_or_default();
         if used_mem.saturating_add(want_mem) > cap_mem {
             reasons.push(format!("{name}: insufficient memory"));
             continue;
@@ -234,6 +245,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const NO_PODS: &[Pod] = &[];
+    const NO_NS: &[Namespace] = &[];
+
     fn node(name: &str, mem: &str, labels: serde_json::Value, ready: bool) -> Node {
         serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -259,19 +273,19 @@ mod tests {
             node("b", "2Gi", json!({}), true),
         ];
         assert_eq!(
-            pick(&pod("512Mi", json!({}), None), &nodes, &[], &[], 100).unwrap(),
+            pick(&pod("512Mi", json!({}), None), &nodes, NO_PODS, NO_NS, 100).unwrap(),
             "b"
         );
         let placed = [pod("1900Mi", json!({}), Some("b"))];
         assert_eq!(
-            pick(&pod("512Mi", json!({}), None), &nodes, &placed, &[], 100).unwrap(),
+            pick(&pod("512Mi", json!({}), None), &nodes, &placed, NO_NS, 100).unwrap(),
             "a"
         );
-        let err = pick(&pod("3Gi", json!({}), None), &nodes, &placed, &[], 100).unwrap_err();
+        let err = pick(&pod("3Gi", json!({}), None), &nodes, &placed, NO_NS, 100).unwrap_err();
         assert_eq!(err.total, 2);
         assert!(err.to_string().contains("insufficient memory"), "{err}");
         // Overcommit lets requests exceed physical memory.
-        assert!(pick(&pod("3Gi", json!({}), None), &nodes, &[], &[], 200).is_ok());
+        assert!(pick(&pod("3Gi", json!({}), None), &nodes, NO_PODS, NO_NS, 200).is_ok());
     }
 
     #[test]
@@ -286,7 +300,7 @@ mod tests {
         let mut p = pod("100Mi", json!({}), None);
         let mut want = |ip: &str| {
             p.metadata.annotations = Some([("kuvirt.io/ip".to_owned(), ip.to_owned())].into());
-            pick(&p, &nodes, &[], &[], 100)
+            pick(&p, &nodes, NO_PODS, NO_NS, 100)
         };
         assert_eq!(want("10.1.0.9").unwrap(), "a");
         assert_eq!(want("10.1.1.9").unwrap(), "b");
@@ -299,9 +313,9 @@ mod tests {
         // A lease prefers its node (a, with less free memory) but moves when that is not ready.
         p.metadata.annotations =
             Some([("kuvirt.io/ip-lease".to_owned(), "10.1.0.9".to_owned())].into());
-        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "a");
+        assert_eq!(pick(&p, &nodes, NO_PODS, NO_NS, 100).unwrap(), "a");
         nodes[0].status = node("a", "1Gi", json!({}), false).status;
-        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "b");
+        assert_eq!(pick(&p, &nodes, NO_PODS, NO_NS, 100).unwrap(), "b");
     }
 
     #[test]
@@ -324,7 +338,7 @@ mod tests {
             tainted,
         ];
         let p = pod("1Gi", json!({"kubevirt.io/schedulable": "true"}), None);
-        let err = pick(&p, &nodes, &[], &[], 100).unwrap_err();
+        let err = pick(&p, &nodes, NO_PODS, NO_NS, 100).unwrap_err();
         assert!(err.reasons.iter().any(|r| r.contains("down: not ready")));
         assert!(
             err.reasons
@@ -339,7 +353,7 @@ mod tests {
         let mut tolerant = p.clone();
         tolerant.spec.as_mut().unwrap().tolerations =
             Some(vec![serde_json::from_value(json!({"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"})).unwrap()]);
-        assert_eq!(pick(&tolerant, &nodes, &[], &[], 100).unwrap(), "t");
+        assert_eq!(pick(&tolerant, &nodes, NO_PODS, NO_NS, 100).unwrap(), "t");
     }
 
     #[test]
@@ -355,7 +369,7 @@ mod tests {
                 {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["y"]}]}]}}}))
             .unwrap(),
         );
-        assert_eq!(pick(&p, &nodes, &[], &[], 100).unwrap(), "b");
+        assert_eq!(pick(&p, &nodes, NO_PODS, NO_NS, 100).unwrap(), "b");
     }
 
     /// A launcher-like pod in `ns` with `labels` and `affinity`, bound to `node` if given.
@@ -411,7 +425,10 @@ mod tests {
             node("a", "16Gi", json!({"kubernetes.io/hostname": "a"}), true),
             zoned("b", "x"),
         ];
-        assert_eq!(pick(&new, &nodes_a_first, &placed, &[], 100).unwrap(), "b");
+        assert_eq!(
+            pick(&new, &nodes_a_first, &placed, NO_NS, 100).unwrap(),
+            "b"
+        );
         // Per zone: a and b share zone x, so only c is left.
         let zone_anti = required(
             "podAntiAffinity",
@@ -427,13 +444,13 @@ mod tests {
             json!({}),
             Some("a"),
         )];
-        assert_eq!(pick(&new, &nodes, &placed, &[], 100).unwrap(), "c");
+        assert_eq!(pick(&new, &nodes, &placed, NO_NS, 100).unwrap(), "c");
         // Nowhere left: every node says why in kube-scheduler's words.
         let placed = [
             vm_pod("default", json!({"app": "db"}), json!({}), Some("a")),
             vm_pod("default", json!({"app": "db"}), json!({}), Some("c")),
         ];
-        let err = pick(&new, &nodes, &placed, &[], 100).unwrap_err();
+        let err = pick(&new, &nodes, &placed, NO_NS, 100).unwrap_err();
         assert_eq!(err.reasons.len(), 3, "{err}");
         assert!(
             err.reasons
@@ -446,7 +463,7 @@ mod tests {
         for p in &mut done {
             p.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
         }
-        assert!(pick(&new, &nodes, &done, &[], 100).is_ok());
+        assert!(pick(&new, &nodes, &done, NO_NS, 100).is_ok());
     }
 
     #[test]
@@ -466,8 +483,8 @@ mod tests {
             ),
         ];
         let web = vm_pod("default", json!({"app": "web"}), json!({}), None);
-        assert_eq!(pick(&web, &nodes, &placed, &[], 100).unwrap(), "a");
-        let err = pick(&web, &nodes[1..], &placed, &[], 100).unwrap_err();
+        assert_eq!(pick(&web, &nodes, &placed, NO_NS, 100).unwrap(), "a");
+        let err = pick(&web, &nodes[1..], &placed, NO_NS, 100).unwrap_err();
         assert_eq!(
             err.reasons,
             vec!["b: node(s) didn't satisfy existing pods anti-affinity rules"]
@@ -475,7 +492,7 @@ mod tests {
         // Another namespace is out of the term's scope (default: the rule owner's namespace).
         let elsewhere = vm_pod("other", json!({"app": "web"}), json!({}), None);
         assert_eq!(
-            pick(&elsewhere, &nodes[1..], &placed, &[], 100).unwrap(),
+            pick(&elsewhere, &nodes[1..], &placed, NO_NS, 100).unwrap(),
             "b"
         );
     }
@@ -493,11 +510,11 @@ mod tests {
         );
         let new = vm_pod("default", json!({"group": "g"}), aff.clone(), None);
         // First of its group: any node with the topology key (bare has none, and is freest).
-        let first = pick(&new, &nodes, &[], &[], 100).unwrap();
+        let first = pick(&new, &nodes, NO_PODS, NO_NS, 100).unwrap();
         assert_ne!(first, "bare");
         // A pod that does not select itself has nowhere to go without its group.
         let loner = vm_pod("default", json!({}), aff.clone(), None);
-        let err = pick(&loner, &nodes, &[], &[], 100).unwrap_err();
+        let err = pick(&loner, &nodes, NO_PODS, NO_NS, 100).unwrap_err();
         assert!(
             err.reasons
                 .iter()
@@ -509,8 +526,8 @@ mod tests {
             vm_pod("default", json!({"group": "g"}), json!({}), Some("b")),
             pod("2Gi", json!({}), Some("b")),
         ];
-        assert_eq!(pick(&new, &nodes, &placed, &[], 100).unwrap(), "b");
-        assert_eq!(pick(&loner, &nodes, &placed, &[], 100).unwrap(), "b");
+        assert_eq!(pick(&new, &nodes, &placed, NO_NS, 100).unwrap(), "b");
+        assert_eq!(pick(&loner, &nodes, &placed, NO_NS, 100).unwrap(), "b");
     }
 
     #[test]
@@ -578,20 +595,20 @@ mod tests {
         };
         let plain = vm_pod("default", json!({}), json!({}), None);
         assert_eq!(
-            pick(&plain, &nodes, &placed, &[], 100).unwrap(),
+            pick(&plain, &nodes, &placed, NO_NS, 100).unwrap(),
             "a",
             "freest"
         );
         let near = vm_pod("default", json!({}), preferred("podAffinity", 10), None);
-        assert_eq!(pick(&near, &nodes, &placed, &[], 100).unwrap(), "b");
+        assert_eq!(pick(&near, &nodes, &placed, NO_NS, 100).unwrap(), "b");
         let away = vm_pod("default", json!({}), preferred("podAntiAffinity", 10), None);
-        assert_eq!(pick(&away, &nodes, &placed, &[], 100).unwrap(), "a");
+        assert_eq!(pick(&away, &nodes, &placed, NO_NS, 100).unwrap(), "a");
         // Symmetric: a placed pod that prefers company draws a pod it selects.
         let placed = [
             vm_pod("default", json!({}), preferred("podAffinity", 5), Some("b")),
             pod("1Gi", json!({}), Some("b")),
         ];
         let db = vm_pod("default", json!({"app": "db"}), json!({}), None);
-        assert_eq!(pick(&db, &nodes, &placed, &[], 100).unwrap(), "b");
+        assert_eq!(pick(&db, &nodes, &placed, NO_NS, 100).unwrap(), "b");
     }
 }

@@ -3,33 +3,90 @@
 //! Pending → Scheduling → Scheduled, handing it to the node agent once its pod runs. A launcher pod
 //! that vanishes or fails fails its VMI.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::VirtualMachineInstancePhase as Phase;
 use serde_json::json;
 
 use crate::Error;
 use crate::events::{Subject, record};
+use crate::placement::{Bound, Placement};
 use crate::pod::{CREATED_BY, render};
-use crate::schedule::pick;
+
+/// How long a created pod may take to show up in the pod cache before the VMI is decided
+/// without it (KubeVirt's expectations time out likewise).
+const EXPECT_POD_FOR: Duration = Duration::from_secs(60);
 
 /// Shared by every VMI reconcile.
 pub struct Context {
     pub client: kube::Client,
     /// The image launcher pods run (embedded mode ignores it and runs `kuvirt launcher`).
     pub launcher_image: String,
+    /// Every pod, as the controller's pod watch (its trigger) last saw it.
+    pub pods: Store<Pod>,
     /// Bind pods to nodes ourselves (embedded mode: there is no kube-scheduler).
-    pub schedule: bool,
-    /// Memory overcommit for placement, in percent.
-    pub memory_overcommit: u64,
-    /// One placement at a time: each one must see the pods the previous one bound (reconciles
-    /// of different VMIs run concurrently).
-    pub placing: tokio::sync::Mutex<()>,
+    pub placement: Option<Placement>,
+    /// VMIs whose launcher pod was created but is not in the pod cache yet, by VMI UID, with
+    /// when (KubeVirt's controller expectations): a lagging cache must not make a second pod.
+    created: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        launcher_image: String,
+        pods: Store<Pod>,
+        placement: Option<Placement>,
+    ) -> Self {
+        Context {
+            client,
+            launcher_image,
+            pods,
+            placement,
+            created: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached launcher pods of the VMI with `uid` in `ns`.
+    fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(CREATED_BY))
+                    .is_some_and(|u| u == uid)
+        })
+    }
+
+    /// Whether a pod created for `uid` has yet to reach the cache; forgets it once it has
+    /// (`seen`) or once it is overdue.
+    fn awaiting_pod(&self, uid: &str, seen: bool) -> bool {
+        let Ok(mut created) = self.created.lock() else {
+            return false;
+        };
+        match created.get(uid) {
+            Some(at) if !seen && at.elapsed() < EXPECT_POD_FOR => true,
+            Some(_) => {
+                created.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn expect_pod(&self, uid: &str) {
+        if let Ok(mut created) = self.created.lock() {
+            created.insert(uid.to_owned(), Instant::now());
+        }
+    }
 }
 
 /// KubeVirt's VMI finalizer: a deleted VMI stays (terminating) until its VM is down — the node
@@ -69,6 +126,13 @@ pub async fn reconcile(
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    // The pods come from the cache (its watch is what triggers this reconcile); a pod created
+    // but not cached yet is waited for.
+    let _ = ctx.pods.wait_until_ready().await;
+    let mine = ctx.pods_of(&ns, &uid);
+    if ctx.awaiting_pod(&uid, !mine.is_empty()) {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     // Decide from the API's current VMI: the watch cache can lag behind the node agent's writes
     // (a phase read from it could move backwards).
     let Some(vmi) = vmis.get_opt(&name).await? else {
@@ -77,10 +141,6 @@ pub async fn reconcile(
     if vmi.metadata.uid.as_deref() != Some(uid.as_str()) {
         return Ok(Action::await_change());
     }
-    let mine = pods
-        .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
-        .await?
-        .items;
     let done = matches!(phase(&vmi), Some(Phase::Succeeded | Phase::Failed));
     let finalizers = vmi.metadata.finalizers.clone().unwrap_or_default();
     let finalized = finalizers.iter().any(|f| f == FINALIZER);
@@ -168,6 +228,7 @@ pub async fn reconcile(
                     }
                 };
                 let created = pods.create(&PostParams::default(), &rendered).await?;
+                ctx.expect_pod(&uid);
                 record(
                     &ctx.client,
                     &Subject {
@@ -196,7 +257,14 @@ pub async fn reconcile(
                 Ok(Action::requeue(Duration::from_secs(5)))
             }
             _ => {
-                // The launcher pod vanished under a VMI that was placed: the VM is gone.
+                // The launcher pod vanished under a VMI that was placed: the VM is gone. The
+                // API has the last word over the cache.
+                let listed = pods
+                    .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
+                    .await?;
+                if !listed.items.is_empty() {
+                    return Ok(Action::requeue(Duration::from_secs(2)));
+                }
                 set_status(
                     &vmis,
                     &name,
@@ -214,23 +282,12 @@ pub async fn reconcile(
         .unwrap_or_default();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     match (node, pod_phase.as_str()) {
-        (None, _) if ctx.schedule => {
-            let _placing = ctx.placing.lock().await;
-            let nodes: Api<Node> = Api::all(ctx.client.clone());
-            let nodes = nodes.list(&ListParams::default()).await?.items;
-            let all_pods: Api<Pod> = Api::all(ctx.client.clone());
-            let placed = all_pods.list(&ListParams::default()).await?.items;
-            let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-            let namespaces = namespaces.list(&ListParams::default()).await?.items;
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match pick(pod, &nodes, &placed, &namespaces, ctx.memory_overcommit) {
-                Ok(n) => {
-                    pods.patch(
-                        &pod_name,
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"nodeName": n}})),
-                    )
-                    .await?;
+        (None, _) if ctx.placement.is_some() => {
+            let Some(placement) = &ctx.placement else {
+                return Ok(Action::await_change());
+            };
+            match placement.bind(&ctx.client, pod, &ctx.pods).await? {
+                Bound::To(_) => {
                     set_status(
                         &vmis,
                         &name,
@@ -238,7 +295,8 @@ pub async fn reconcile(
                     )
                     .await?;
                 }
-                Err(e) => {
+                Bound::Already => {}
+                Bound::Unschedulable(e) => {
                     let c = conditions(
                         &vmi,
                         "PodScheduled",
@@ -322,7 +380,7 @@ fn qos_class(pod: &Pod) -> &'static str {
 }
 
 /// Deletes the pods not already going.
-async fn delete_pods(pods: &Api<Pod>, mine: &[Pod]) {
+async fn delete_pods(pods: &Api<Pod>, mine: &[Arc<Pod>]) {
     for p in mine {
         if p.metadata.deletion_timestamp.is_none()
             && let Some(pn) = &p.metadata.name

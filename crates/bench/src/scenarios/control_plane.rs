@@ -69,6 +69,10 @@ pub fn parse_requests(text: &str) -> Requests {
             if let Some(sub) = label(labels, "subresource").filter(|s| !s.is_empty()) {
                 res = format!("{res}/{sub}");
             }
+            // Refused writes (conflicts, say) are counted apart.
+            if let Some(code) = label(labels, "code").filter(|c| !c.starts_with('2')) {
+                res = format!("{res} ({code})");
+            }
             *r.writes_by_resource.entry(res).or_default() += v;
         }
         *r.by_verb.entry(verb).or_default() += v;
@@ -249,12 +253,14 @@ mod tests {
 apiserver_request_total{code=\"201\",group=\"kubevirt.io\",resource=\"virtualmachineinstances\",scope=\"namespace\",subresource=\"\",verb=\"POST\",version=\"v1\"} 10\n\
 apiserver_request_total{code=\"200\",group=\"\",resource=\"pods\",scope=\"namespace\",subresource=\"status\",verb=\"PATCH\",version=\"v1\"} 4\n\
 apiserver_request_total{code=\"200\",group=\"\",resource=\"pods\",scope=\"namespace\",subresource=\"\",verb=\"GET\",version=\"v1\"} 7\n\
+apiserver_request_total{code=\"409\",group=\"\",resource=\"pods\",scope=\"namespace\",subresource=\"\",verb=\"PATCH\",version=\"v1\"} 2\n\
 other_metric 3\n";
         let r = parse_requests(text);
         assert_eq!(r.by_verb.get("POST"), Some(&10.0));
         assert_eq!(r.by_verb.get("GET"), Some(&7.0));
-        assert_eq!(r.writes(), 14.0);
+        assert_eq!(r.writes(), 16.0);
         assert_eq!(r.writes_by_resource.get("pods/status"), Some(&4.0));
+        assert_eq!(r.writes_by_resource.get("pods (409)"), Some(&2.0));
         let d = r.minus(&parse_requests(
             "apiserver_request_total{verb=\"POST\",resource=\"virtualmachineinstances\"} 4\n",
         ));

@@ -118,7 +118,7 @@ pub struct InterPod {
 }
 
 impl InterPod {
-    pub fn new(pod: &Pod, nodes: &[Node], placed: &[&Pod], namespaces: &[Namespace]) -> InterPod {
+    pub fn new(pod: &Pod, nodes: &[&Node], placed: &[&Pod], namespaces: &[&Namespace]) -> InterPod {
         let ns_labels: HashMap<&str, Labels> = namespaces
             .iter()
             .filter_map(|n| {
