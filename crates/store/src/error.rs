@@ -41,6 +41,9 @@ pub enum Error {
     /// An earlier storage error inside this transaction left it unusable.
     #[error("transaction aborted by an earlier storage error")]
     Poisoned,
+    /// The commit this write was part of failed (the write is not stored).
+    #[error("commit failed: {0}")]
+    Commit(String),
     /// The runtime is shutting down and the operation did not run.
     #[error("store is shutting down")]
     Closed,

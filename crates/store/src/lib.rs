@@ -29,6 +29,7 @@ mod store;
 mod tables;
 mod txn;
 mod watch;
+mod writer;
 
 pub use compact::Retention;
 pub use error::{Error, Result};

@@ -12,18 +12,25 @@ use crate::model::{Deleted, Event, Key, List, Object, Stats};
 use crate::tables::{self, HISTORY, META, META_COMPACTED, META_REVISION, OBJECTS};
 use crate::txn::Txn;
 use crate::watch::Watch;
+use crate::writer::{Job, Write, Writer};
 
 /// Commits (not events) a live watcher may fall behind before it catches up from history.
 const LIVE_BUFFER: usize = 1024;
 
+/// redb's own page cache (its default is 1 GiB, which a busy store fills with every page it
+/// ever wrote). Beyond it reads go to the kernel's page cache, which is shared and reclaimable.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// A handle to an open store; cheap to clone, safe to use from many tasks.
 ///
-/// All methods are async and run redb on tokio's blocking pool, so they must be called inside a
-/// tokio runtime. Writes are serialised (redb has one writer); each commit is fsynced before the
-/// method returns, so an acknowledged write survives a crash.
+/// All methods are async, so they must be called inside a tokio runtime. Reads run redb on
+/// tokio's blocking pool; writes go to the store's one writer thread, which commits the single
+/// writes queued meanwhile together. Each commit is fsynced before the method returns, so an
+/// acknowledged write survives a crash.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    writer: Arc<Writer>,
 }
 
 pub(crate) struct Inner {
@@ -48,7 +55,9 @@ impl Store {
 
     /// [`Store::open`] with a live buffer of `live_buffer` commits per watcher.
     pub(crate) fn open_with(path: impl AsRef<Path>, live_buffer: usize) -> Result<Store> {
-        let db = Database::create(path.as_ref())?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path.as_ref())?;
         let wtx = db.begin_write()?;
         let (revision, compacted) = {
             wtx.open_table(OBJECTS)?;
@@ -61,15 +70,16 @@ impl Store {
         };
         wtx.commit()?;
         let (live, _) = broadcast::channel(live_buffer);
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                write_lock: Mutex::new(()),
-                revision: AtomicU64::new(revision),
-                compacted: AtomicU64::new(compacted),
-                live,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            db,
+            write_lock: Mutex::new(()),
+            revision: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+            live,
+        });
+        let writer =
+            Arc::new(Writer::start(inner.clone()).map_err(|e| Error::Commit(e.to_string()))?);
+        Ok(Store { inner, writer })
     }
 
     /// The newest committed revision (0 for an empty store).
@@ -134,7 +144,7 @@ impl Store {
         value: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
     ) -> Result<u64> {
         let key = key.clone();
-        self.txn(move |tx| tx.create(&key, value)).await
+        self.write(move |tx| tx.create(&key, value), true).await
     }
 
     /// Replaces an object. With `expected` set, only if its revision is that one, else
@@ -146,13 +156,14 @@ impl Store {
         value: impl FnOnce(u64) -> Vec<u8> + Send + 'static,
     ) -> Result<u64> {
         let key = key.clone();
-        self.txn(move |tx| tx.update(&key, expected, value)).await
+        self.write(move |tx| tx.update(&key, expected, value), true)
+            .await
     }
 
     /// Removes an object (with `expected`, only at that revision); watchers get the last bytes.
     pub async fn delete(&self, key: &Key, expected: Option<u64>) -> Result<Deleted> {
         let key = key.clone();
-        self.txn(move |tx| tx.delete(&key, expected)).await
+        self.write(move |tx| tx.delete(&key, expected), true).await
     }
 
     /// Like [`Store::delete`], with the DELETED event's bytes made by
@@ -164,20 +175,39 @@ impl Store {
         tombstone: impl FnOnce(u64, &[u8]) -> Vec<u8> + Send + 'static,
     ) -> Result<Deleted> {
         let key = key.clone();
-        self.txn(move |tx| tx.delete_with(&key, expected, tombstone))
+        self.write(move |tx| tx.delete_with(&key, expected, tombstone), true)
             .await
     }
 
     /// Runs `f` in one write transaction and commits its writes together (one fsync), or none
-    /// of them if `f` returns `Err`. `f` runs on the blocking pool while holding the write lock:
-    /// keep it short and do no async work in it.
+    /// of them if `f` returns `Err`. `f` runs on the writer thread, which waits for it: keep it
+    /// short and do no async work in it.
     pub async fn txn<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<Error> + Send + 'static,
     {
-        self.blocking(move |inner| inner.write(f)).await
+        self.write(f, false).await
+    }
+
+    /// Queues `f` for the writer thread (`grouped`: it makes one write or fails without writing,
+    /// so it may share a commit) and waits for its outcome; a panic in it resumes here.
+    async fn write<T, E, F>(&self, f: F, grouped: bool) -> Result<T, E>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let (job, reply) = Write::new(f, grouped);
+        if !self.writer.submit(Box::new(job)) {
+            return Err(Error::Closed.into());
+        }
+        match reply.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(Error::Closed.into()),
+        }
     }
 
     /// Events of `resource` (in `namespace` if given) with revisions after `from`: first those in
@@ -186,6 +216,12 @@ impl Store {
     /// Fails with [`Error::Gone`] if history at `from` + 1 has been compacted away.
     pub async fn watch(&self, resource: &str, namespace: Option<&str>, from: u64) -> Result<Watch> {
         Watch::start(self.clone(), resource, namespace, from)
+    }
+
+    /// Every commit's events from now on, as they happen (not from history): a receiver that
+    /// falls more than the live buffer behind is told how many commits it missed (`Lagged`).
+    pub fn changes(&self) -> broadcast::Receiver<Arc<[Event]>> {
+        self.inner.live.subscribe()
     }
 
     /// Deletes history at and below `keep_after` (capped at the current revision) and returns
@@ -224,41 +260,57 @@ impl Inner {
         &self.db
     }
 
-    fn write<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut Txn<'_>) -> Result<T, E>,
-        E: From<Error>,
-    {
+    /// Runs `group` in one write transaction and commits it (one fsync), then tells each job.
+    /// A job alone that fails commits nothing; in a group, a job that fails made no writes, so
+    /// the others still commit.
+    pub(crate) fn commit(&self, mut group: Vec<Box<dyn Job>>) {
+        let outcome = self.commit_group(&mut group);
+        for job in group {
+            job.finish(outcome.clone());
+        }
+    }
+
+    fn commit_group(&self, group: &mut [Box<dyn Job>]) -> Result<(), String> {
         // a panic while holding the lock leaves nothing half-done (redb aborts the transaction)
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let wtx = self.db.begin_write().map_err(Error::from)?;
-        let mut tx = Txn::new(&wtx, self.revision()).map_err(E::from)?;
-        let out = f(&mut tx);
-        let finished = tx.finish();
-        let (out, events, revision) = match (out, finished) {
-            (Ok(out), Ok((events, revision))) => (out, events, revision),
-            (Err(e), _) => {
-                wtx.abort().map_err(Error::from)?;
-                return Err(e);
+        let wtx = self.db.begin_write().map_err(|e| e.to_string())?;
+        let mut tx = Txn::new(&wtx, self.revision()).map_err(|e| e.to_string())?;
+        let alone = group.len() == 1 && !group[0].grouped();
+        for job in group.iter_mut() {
+            let before = tx.writes();
+            if !job.run(&mut tx) && (alone || tx.writes() != before) {
+                // its writes must not commit, and they cannot be taken out of a shared
+                // transaction: nothing commits (alone, the job reports its own error)
+                drop(tx);
+                wtx.abort().map_err(|e| e.to_string())?;
+                return if alone {
+                    Ok(())
+                } else {
+                    Err("a write in the same commit failed halfway".into())
+                };
             }
-            (Ok(_), Err(e)) => {
-                wtx.abort().map_err(Error::from)?;
-                return Err(e.into());
+        }
+        let (events, revision) = match tx.finish() {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = wtx.abort();
+                return Err(e.to_string());
             }
         };
         if events.is_empty() {
-            wtx.abort().map_err(Error::from)?;
-            return Ok(out);
+            wtx.abort().map_err(|e| e.to_string())?;
+            return Ok(());
         }
         {
-            let mut meta = wtx.open_table(META).map_err(Error::from)?;
-            meta.insert(META_REVISION, revision).map_err(Error::from)?;
+            let mut meta = wtx.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert(META_REVISION, revision)
+                .map_err(|e| e.to_string())?;
         }
-        wtx.commit().map_err(Error::from)?;
+        wtx.commit().map_err(|e| e.to_string())?;
         self.revision.store(revision, Ordering::SeqCst);
         // no receivers is fine: nobody is watching
         let _ = self.live.send(events.into());
-        Ok(out)
+        Ok(())
     }
 
     fn stats(&self) -> Result<Stats> {

@@ -40,6 +40,11 @@ impl<'t> Txn<'t> {
         Ok((self.events, self.revision))
     }
 
+    /// How many writes were made so far.
+    pub(crate) fn writes(&self) -> usize {
+        self.events.len()
+    }
+
     /// The revision of the last write in this transaction, or the store's revision before it.
     pub fn revision(&self) -> u64 {
         self.revision

@@ -262,3 +262,28 @@ async fn txn_with_caller_error_type() {
     assert!(matches!(r, Err(AppError::Store(Error::NotFound(_)))));
     assert_eq!(store.current_revision(), 0);
 }
+
+/// A closure that panics on the writer thread panics in its caller; the store goes on writing.
+#[tokio::test]
+async fn a_panicking_txn_panics_its_caller_and_writes_go_on() {
+    let (_dir, store) = open();
+    let s = store.clone();
+    let caller = tokio::spawn(async move {
+        s.txn(|tx| {
+            tx.create(&Key::new("/configmaps", "ns", "half"), |rev| {
+                json("half", rev)
+            })?;
+            if tx.revision() > 0 {
+                panic!("boom");
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+    });
+    let err = caller.await.unwrap_err();
+    assert!(err.is_panic());
+    let k = Key::new("/configmaps", "ns", "after");
+    assert_eq!(store.create(&k, |rev| json("after", rev)).await.unwrap(), 1);
+    let half = Key::new("/configmaps", "ns", "half");
+    assert!(store.get(&half).await.unwrap().is_none());
+}
