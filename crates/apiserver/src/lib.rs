@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod discovery;
 pub mod error;
+pub mod gc;
 pub mod http;
 pub mod meta;
 pub mod metrics;

@@ -161,25 +161,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
             });
         }
     });
-    let gc_store = store.clone();
-    let gc = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            // Passes until nothing changes: one deletion can enable the next.
-            for _ in 0..10 {
-                match objects::collect_garbage(&gc_store).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e.message, "garbage collection failed");
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let gc = tokio::spawn(crate::gc::run(store.clone()));
     let compact = store.compact_every(
         Duration::from_secs(30).min(cfg.history),
         Retention::Age(cfg.history),

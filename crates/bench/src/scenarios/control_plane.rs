@@ -32,6 +32,8 @@ pub struct Requests {
     pub by_verb: BTreeMap<String, f64>,
     /// Writes per resource (and subresource).
     pub writes_by_resource: BTreeMap<String, f64>,
+    /// LISTs per resource.
+    pub lists_by_resource: BTreeMap<String, f64>,
 }
 
 const WRITES: &[&str] = &[
@@ -74,6 +76,9 @@ pub fn parse_requests(text: &str) -> Requests {
                 res = format!("{res} ({code})");
             }
             *r.writes_by_resource.entry(res).or_default() += v;
+        } else if verb == "LIST" {
+            let res = label(labels, "resource").unwrap_or("?").to_string();
+            *r.lists_by_resource.entry(res).or_default() += v;
         }
         *r.by_verb.entry(verb).or_default() += v;
     }
@@ -91,6 +96,7 @@ impl Requests {
         Requests {
             by_verb: sub(&self.by_verb, &before.by_verb),
             writes_by_resource: sub(&self.writes_by_resource, &before.writes_by_resource),
+            lists_by_resource: sub(&self.lists_by_resource, &before.lists_by_resource),
         }
     }
 
@@ -221,6 +227,9 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
     }
     for (res, count) in &after.writes_by_resource {
         sc.metric(format!("… writes to {res} per VMI"), count / nf, "");
+    }
+    for (res, count) in &after.lists_by_resource {
+        sc.metric(format!("… LISTs of {res} per VMI"), count / nf, "");
     }
     let growth_kib = (rss_after - rss_before) / nf;
     sc.metric("server RSS before", mib(rss_before), "MiB");
