@@ -148,9 +148,11 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
     // hyper opens one connection per request in flight: without a limit, a node with thousands
     // of VMs (or simulated nodes with tens of thousands) would hold as many sockets, here and in
     // the API server. Watches hold a slot only until their response starts.
-    let client = kube::client::ClientBuilder::try_from(config)?
+    let client = kube::client::ClientBuilder::try_from(config.clone())?
         .with_layer(&tower::limit::ConcurrencyLimitLayer::new(API_CONCURRENCY))
         .build();
+    // Its own connection, outside that limit: heartbeats must not wait behind the pods' requests.
+    let heartbeat_client = kube::Client::try_from(config)?;
     if cfg.simulated_nodes > 0 {
         eprintln!(
             "kuvirt agent: {} simulated nodes {}-0000… joined {}",
@@ -162,7 +164,7 @@ pub async fn agent(args: AgentArgs) -> Result<i32> {
             cfg.runner.node, args.server, cfg.node_ip
         );
     }
-    let run = kuvirt_handler::run(client, cfg);
+    let run = kuvirt_handler::run(client, heartbeat_client, cfg);
     tokio::select! {
         r = run => {
             r?;

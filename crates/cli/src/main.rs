@@ -357,7 +357,7 @@ async fn server(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = kube::config::Kubeconfig::read_from(&running.creds.kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = kube::Client::try_from(config)?;
+    let client = kube::Client::try_from(config.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let agent = if node.no_node_agent {
         None
@@ -369,8 +369,10 @@ async fn server(
             listen.ip(),
         )?;
         let client = client.clone();
+        // The heartbeats' own connection (see kuvirt_handler::run).
+        let heartbeat_client = kube::Client::try_from(config.clone())?;
         Some(tokio::spawn(async move {
-            if let Err(e) = kuvirt_handler::run(client, cfg).await {
+            if let Err(e) = kuvirt_handler::run(client, heartbeat_client, cfg).await {
                 tracing::error!(error = %e, "node agent stopped");
             }
         }))

@@ -83,6 +83,7 @@ pub async fn run(
         client: client.clone(),
     });
     let vm_controller = Controller::new(vms, watcher::Config::default())
+        .with_config(bounded())
         .owns(vmis.clone(), watcher::Config::default())
         .graceful_shutdown_on(vm_stop)
         .run(vm::reconcile, error_policy, vm_ctx)
@@ -111,6 +112,7 @@ pub async fn run(
         placement,
     ));
     let vmi_controller = Controller::new(vmis, watcher::Config::default())
+        .with_config(bounded())
         .owns_stream(pod_events)
         .graceful_shutdown_on(vmi_stop)
         .run(vmi::reconcile, vmi_error_policy, vmi_ctx)
@@ -129,6 +131,15 @@ pub async fn run(
     for c in caches {
         c.abort();
     }
+}
+
+/// Reconciles in flight per controller: each holds an API connection, and a burst of thousands
+/// would open thousands (the queue keeps the rest, one entry per object however often it is
+/// triggered).
+const RECONCILES_IN_FLIGHT: u16 = 32;
+
+fn bounded() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(RECONCILES_IN_FLIGHT)
 }
 
 /// A cache of every `K`, kept by a task pushed onto `tasks`.

@@ -46,11 +46,16 @@ pub struct AgentConfig {
 }
 
 /// Starts the endpoint, registers the node, then heartbeats and runs its pods until the task is
-/// dropped.
-pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
+/// dropped. Heartbeats go through `heartbeat_client`, so that they never queue behind the pods'
+/// requests (a node whose heartbeats are late is taken for lost, and its VMs with it).
+pub async fn run(
+    client: kube::Client,
+    heartbeat_client: kube::Client,
+    cfg: AgentConfig,
+) -> Result<(), Error> {
     if cfg.simulated_nodes > 0 {
         let count = cfg.simulated_nodes;
-        return simulated::run(client, cfg, count).await;
+        return simulated::run(client, heartbeat_client, cfg, count).await;
     }
     let ep = endpoint::start(endpoint::EndpointConfig {
         listen: cfg.endpoint_listen,
@@ -66,7 +71,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> Result<(), Error> {
         simulated: false,
     };
     node::register_all(&client, std::slice::from_ref(&me)).await;
-    let heartbeat = node::keep_ready(client.clone(), vec![me], cfg.heartbeat);
+    let heartbeat = node::keep_ready(heartbeat_client, vec![me], cfg.heartbeat);
     let svc_cfg = services::ServicesConfig {
         node: cfg.runner.node.clone(),
         pod_network: cfg.runner.pod_network.clone(),

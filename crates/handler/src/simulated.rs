@@ -194,7 +194,12 @@ async fn connection(conn: UnixStream, vm: Arc<Mutex<SimVm>>, exit: mpsc::Sender<
 /// endpoint for all of them (pause, unpause, reset reach the stand-ins; console, VNC and
 /// screenshots find nothing to show), registration, heartbeats and a pod runner per node. No
 /// Service forwarding: that is nftables on a real node.
-pub async fn run(client: kube::Client, cfg: AgentConfig, count: u32) -> Result<(), Error> {
+pub async fn run(
+    client: kube::Client,
+    heartbeat_client: kube::Client,
+    cfg: AgentConfig,
+    count: u32,
+) -> Result<(), Error> {
     let ep = endpoint::start(endpoint::EndpointConfig {
         listen: cfg.endpoint_listen,
         state_dir: cfg.runner.state_dir.clone(),
@@ -213,7 +218,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig, count: u32) -> Result<(
         .collect();
     node::register_all(&client, &nodes).await;
     tracing::info!(count, first = %nodes.first().map_or("", |n| n.name.as_str()), "simulated nodes registered");
-    let heartbeat = node::keep_ready(client.clone(), nodes.clone(), cfg.heartbeat);
+    let heartbeat = node::keep_ready(heartbeat_client, nodes.clone(), cfg.heartbeat);
     let runners: Vec<JoinHandle<Result<(), Error>>> = nodes
         .iter()
         .map(|me| {
