@@ -19,10 +19,10 @@ struct Assumed {
 }
 
 pub struct Placement {
-    pub nodes: Store<Node>,
-    pub namespaces: Store<Namespace>,
+    nodes: Store<Node>,
+    namespaces: Store<Namespace>,
     /// Memory overcommit, in percent.
-    pub memory_overcommit: u64,
+    memory_overcommit: u64,
     /// One placement at a time: each must count the pods the previous one bound.
     placing: tokio::sync::Mutex<()>,
     /// By pod UID.
@@ -51,14 +51,6 @@ impl Placement {
         }
     }
 
-    /// Whether a binding of the pod with `uid` is still on its way to the pod cache.
-    pub fn binding(&self, uid: &str) -> bool {
-        self.assumed
-            .lock()
-            .map(|a| a.contains_key(uid))
-            .unwrap_or(false)
-    }
-
     /// Picks a node for `pod` among the cached nodes, counting the cached pods and the bindings
     /// not yet cached, and binds it there.
     pub async fn bind(
@@ -71,13 +63,13 @@ impl Placement {
         let _placing = self.placing.lock().await;
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
-        let placed = self.placed(pods);
+        let (placed, assumed) = self.placed(pods, &uid);
         // Bound while this waited for its turn (by an earlier reconcile whose binding the cache
         // has caught up with since `pod` was read)?
         let bound_now = pods
             .get(&ObjectRef::from_obj(pod))
             .is_some_and(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some());
-        if bound_now || self.binding(&uid) {
+        if bound_now || assumed {
             return Ok(Bound::Already);
         }
         let nodes = self.nodes.state();
@@ -107,12 +99,13 @@ impl Placement {
         Ok(Bound::To(node))
     }
 
-    /// The cached pods, with the bindings the cache does not show yet applied; forgets the
-    /// bindings the cache has caught up with (the pod bound, or gone).
-    fn placed(&self, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
+    /// The cached pods, with the bindings the cache does not show yet applied, and whether the
+    /// pod with `uid` is one of those; forgets the bindings the cache has caught up with (the
+    /// pod bound, or gone).
+    fn placed(&self, pods: &Store<Pod>, uid: &str) -> (Vec<std::sync::Arc<Pod>>, bool) {
         let mut placed = pods.state();
         let Ok(mut assumed) = self.assumed.lock() else {
-            return placed;
+            return (placed, false);
         };
         assumed.retain(|uid, a| match pods.get(&a.pod) {
             Some(p) if p.metadata.uid.as_deref() == Some(uid.as_str()) => {
@@ -120,8 +113,9 @@ impl Placement {
             }
             _ => false,
         });
+        let pending = assumed.contains_key(uid);
         if assumed.is_empty() {
-            return placed;
+            return (placed, pending);
         }
         for p in &mut placed {
             if let Some(a) = p.metadata.uid.as_deref().and_then(|u| assumed.get(u)) {
@@ -130,6 +124,6 @@ impl Placement {
                 *p = std::sync::Arc::new(bound);
             }
         }
-        placed
+        (placed, pending)
     }
 }

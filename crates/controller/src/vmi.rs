@@ -282,10 +282,7 @@ pub async fn reconcile(
         .unwrap_or_default();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     match (node, pod_phase.as_str()) {
-        (None, _) if ctx.placement.is_some() => {
-            let Some(placement) = &ctx.placement else {
-                return Ok(Action::await_change());
-            };
+        (None, _) if let Some(placement) = &ctx.placement => {
             match placement.bind(&ctx.client, pod, &ctx.pods).await? {
                 Bound::To(_) => {
                     set_status(

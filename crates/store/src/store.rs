@@ -78,7 +78,8 @@ impl Store {
             live,
         });
         let writer =
-            Arc::new(Writer::start(inner.clone()).map_err(|e| Error::Commit(e.to_string()))?);
+            Writer::start(inner.clone()).map_err(|e| Error::Storage(redb::Error::Io(e)))?;
+        let writer = Arc::new(writer);
         Ok(Store { inner, writer })
     }
 
