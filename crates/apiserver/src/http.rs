@@ -323,6 +323,11 @@ impl Selectors {
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches_object(obj)
     }
+
+    /// Whether every object matches (no selector given).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -22,6 +22,17 @@ const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 /// The longest a watch runs when the client names no timeout (kube-apiserver: 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// One watch line around an object's stored JSON bytes.
+fn event_line(ty: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + ty.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(ty.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 pub async fn serve(
     store: Store,
     t: Target,
@@ -96,11 +107,23 @@ pub async fn serve(
                         }
                         Some(Ok(ev)) => ev,
                     };
-                    let Ok(obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
-                    if !sel.matches(&obj) {
-                        continue;
-                    }
-                    if send(ev.kind.as_str(), obj).await.is_err() {
+                    // The stored bytes are the object as served: without a table or a selector
+                    // to check they go out as they are, not decoded and encoded again for each
+                    // watcher.
+                    let sent = if table || !sel.is_empty() {
+                        let Ok(obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
+                        if !sel.matches(&obj) {
+                            continue;
+                        }
+                        if table {
+                            send(ev.kind.as_str(), obj).await
+                        } else {
+                            tx.send(event_line(ev.kind.as_str(), &ev.value)).await
+                        }
+                    } else {
+                        tx.send(event_line(ev.kind.as_str(), &ev.value)).await
+                    };
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -125,4 +148,24 @@ pub async fn serve(
         stream_body(rx),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_event_line_wraps_the_stored_bytes() {
+        let stored = br#"{"kind":"Pod","metadata":{"name":"a\nb"}}"#;
+        let line = event_line("MODIFIED", stored);
+        assert!(line.ends_with(b"}\n"));
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "MODIFIED", "object": {"kind": "Pod", "metadata": {"name": "a\nb"}}})
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod node;
 pub mod placement;
 pub mod pod;
 pub mod podcidr;
+pub mod podindex;
 pub mod schedule;
 pub mod vm;
 pub mod vmi;
@@ -13,7 +14,7 @@ pub mod vmi;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::Resource;
@@ -93,10 +94,15 @@ pub async fn run(
             }
         });
     // One pod watch: it fills the VMI controller's pod cache and triggers its reconciles.
+    // The index is kept before the store: a placement that reads both between the two updates
+    // counts a pod's new binding twice rather than not at all.
     let (pod_cache, pod_writer) = reflector::store();
+    let pod_index = podindex::PodIndex::default();
+    let indexed = pod_index.clone();
     let pod_events = watcher(pods, watcher::Config::default())
         .default_backoff()
         .modify(|p: &mut Pod| p.meta_mut().managed_fields = None)
+        .inspect_ok(move |ev| indexed.apply(ev))
         .reflect(pod_writer)
         .touched_objects();
     let mut caches = Vec::new();
@@ -109,6 +115,7 @@ pub async fn run(
         client,
         opts.launcher_image,
         pod_cache,
+        pod_index,
         placement,
     ));
     let vmi_controller = Controller::new(vmis, watcher::Config::default())

@@ -10,12 +10,15 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 
-use crate::schedule::{Unschedulable, pick};
+use crate::podindex::PodIndex;
+use crate::schedule::{Unschedulable, Usage, pick_with, requests};
 
 /// A binding made but not yet seen in the pod cache.
 struct Assumed {
     pod: ObjectRef<Pod>,
     node: String,
+    /// The pod's requests: memory bytes, CPU millis.
+    requests: (u64, u64),
 }
 
 pub struct Placement {
@@ -51,19 +54,20 @@ impl Placement {
         }
     }
 
-    /// Picks a node for `pod` among the cached nodes, counting the cached pods and the bindings
-    /// not yet cached, and binds it there.
+    /// Picks a node for `pod` among the cached nodes, counting the cached pods (what they
+    /// request from `index`) and the bindings not yet cached, and binds it there.
     pub async fn bind(
         &self,
         client: &kube::Client,
         pod: &Pod,
         pods: &Store<Pod>,
+        index: &PodIndex,
     ) -> Result<Bound, kube::Error> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let _placing = self.placing.lock().await;
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
-        let (placed, assumed) = self.placed(pods, &uid);
+        let (placed, assumed, used) = self.placed(pods, index, &uid);
         // Bound while this waited for its turn (by an earlier reconcile whose binding the cache
         // has caught up with since `pod` was read)?
         let bound_now = pods
@@ -74,7 +78,15 @@ impl Placement {
         }
         let nodes = self.nodes.state();
         let namespaces = self.namespaces.state();
-        let node = match pick(pod, &nodes, &placed, &namespaces, self.memory_overcommit) {
+        let picked = pick_with(
+            pod,
+            &nodes,
+            &placed,
+            &used,
+            &namespaces,
+            self.memory_overcommit,
+        );
+        let node = match picked {
             Ok(n) => n,
             Err(e) => return Ok(Bound::Unschedulable(e)),
         };
@@ -93,19 +105,26 @@ impl Placement {
                 Assumed {
                     pod: ObjectRef::new(&name).within(ns),
                     node: node.clone(),
+                    requests: requests(pod),
                 },
             );
         }
         Ok(Bound::To(node))
     }
 
-    /// The cached pods, with the bindings the cache does not show yet applied, and whether the
-    /// pod with `uid` is one of those; forgets the bindings the cache has caught up with (the
-    /// pod bound, or gone).
-    fn placed(&self, pods: &Store<Pod>, uid: &str) -> (Vec<std::sync::Arc<Pod>>, bool) {
+    /// The cached pods and what they request of each node, with the bindings the cache does
+    /// not show yet applied, and whether the pod with `uid` is one of those; forgets the
+    /// bindings the cache has caught up with (the pod bound, or gone).
+    fn placed(
+        &self,
+        pods: &Store<Pod>,
+        index: &PodIndex,
+        uid: &str,
+    ) -> (Vec<std::sync::Arc<Pod>>, bool, Usage) {
         let mut placed = pods.state();
+        let mut used = index.usage();
         let Ok(mut assumed) = self.assumed.lock() else {
-            return (placed, false);
+            return (placed, false, used);
         };
         assumed.retain(|uid, a| match pods.get(&a.pod) {
             Some(p) if p.metadata.uid.as_deref() == Some(uid.as_str()) => {
@@ -115,7 +134,10 @@ impl Placement {
         });
         let pending = assumed.contains_key(uid);
         if assumed.is_empty() {
-            return (placed, pending);
+            return (placed, pending, used);
+        }
+        for a in assumed.values() {
+            used.add(&a.node, a.requests.0, a.requests.1);
         }
         for p in &mut placed {
             if let Some(a) = p.metadata.uid.as_deref().and_then(|u| assumed.get(u)) {
@@ -124,6 +146,6 @@ impl Placement {
                 *p = std::sync::Arc::new(bound);
             }
         }
-        (placed, pending)
+        (placed, pending, used)
     }
 }

@@ -105,6 +105,43 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
+/// What the live pods bound to each node request: memory bytes and CPU millis.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage(HashMap<String, (u64, u64)>);
+
+impl Usage {
+    /// The requests of the live (not terminal) bound pods among `pods`.
+    pub fn of(pods: &[impl Borrow<Pod>]) -> Usage {
+        let mut u = Usage::default();
+        for p in pods.iter().map(Borrow::borrow).filter(|p| !terminal(p)) {
+            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                let (m, c) = requests(p);
+                u.add(n, m, c);
+            }
+        }
+        u
+    }
+
+    pub fn add(&mut self, node: &str, mem: u64, cpu: u64) {
+        let u = self.0.entry(node.to_owned()).or_default();
+        *u = (u.0.saturating_add(mem), u.1.saturating_add(cpu));
+    }
+
+    pub fn sub(&mut self, node: &str, mem: u64, cpu: u64) {
+        if let Some(u) = self.0.get_mut(node) {
+            *u = (u.0.saturating_sub(mem), u.1.saturating_sub(cpu));
+            if *u == (0, 0) {
+                self.0.remove(node);
+            }
+        }
+    }
+
+    /// What `node`'s pods request (memory bytes, CPU millis).
+    pub fn get(&self, node: &str) -> (u64, u64) {
+        self.0.get(node).copied().unwrap_or_default()
+    }
+}
+
 /// Picks a node for `pod`. `placed` are the pods already bound (their nodeName counts);
 /// `namespaces` are there for pod affinity terms with a namespaceSelector.
 /// `memory_overcommit` is a percentage: 150 lets requests reach 1.5× a node's memory.
@@ -113,6 +150,26 @@ pub fn pick(
     pod: &Pod,
     nodes: &[impl Borrow<Node>],
     placed: &[impl Borrow<Pod>],
+    namespaces: &[impl Borrow<Namespace>],
+    memory_overcommit: u64,
+) -> Result<String, Unschedulable> {
+    pick_with(
+        pod,
+        nodes,
+        placed,
+        &Usage::of(placed),
+        namespaces,
+        memory_overcommit,
+    )
+}
+
+/// [`pick`] with what the nodes' pods request already summed up (`used`, which must agree with
+/// `placed`).
+pub fn pick_with(
+    pod: &Pod,
+    nodes: &[impl Borrow<Node>],
+    placed: &[impl Borrow<Pod>],
+    used: &Usage,
     namespaces: &[impl Borrow<Namespace>],
     memory_overcommit: u64,
 ) -> Result<String, Unschedulable> {
@@ -126,15 +183,6 @@ pub fn pick(
     let nodes: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
     let namespaces: Vec<&Namespace> = namespaces.iter().map(Borrow::borrow).collect();
     let inter_pod = InterPod::new(pod, &nodes, &live, &namespaces);
-    // What the live pods request of each node, in one pass (not one per node).
-    let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
-    for p in &live {
-        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-            let (m, c) = requests(p);
-            let u = used.entry(n).or_default();
-            *u = (u.0.saturating_add(m), u.1.saturating_add(c));
-        }
-    }
     // A sticky or requested pod IP (`kuvirt.io/ip`) can only be had on the node whose pod CIDR
     // holds it.
     let requested_ip = pod
@@ -211,7 +259,7 @@ pub fn pick(
         let cap_mem =
             bytes(alloc.and_then(|a| a.get("memory"))).saturating_mul(memory_overcommit) / 100;
         let cap_cpu = millis(alloc.and_then(|a| a.get("cpu")));
-        let (used_mem, used_cpu) = used.get(name.as_str()).copied().unwrap_or_default();
+        let (used_mem, used_cpu) = used.get(&name);
         if used_mem.saturating_add(want_mem) > cap_mem {
             reasons.push(format!("{name}: insufficient memory"));
             continue;

@@ -19,6 +19,7 @@ use crate::Error;
 use crate::events::{Subject, record};
 use crate::placement::{Bound, Placement};
 use crate::pod::{CREATED_BY, render};
+use crate::podindex::PodIndex;
 
 /// How long a created pod may take to show up in the pod cache before the VMI is decided
 /// without it (KubeVirt's expectations time out likewise).
@@ -31,6 +32,8 @@ pub struct Context {
     pub launcher_image: String,
     /// Every pod, as the controller's pod watch (its trigger) last saw it.
     pub pods: Store<Pod>,
+    /// The same watch's pods by VMI, and what they request of each node.
+    pub index: PodIndex,
     /// Bind pods to nodes ourselves (embedded mode: there is no kube-scheduler).
     pub placement: Option<Placement>,
     /// VMIs whose launcher pod was created but is not in the pod cache yet, by VMI UID, with
@@ -43,12 +46,14 @@ impl Context {
         client: kube::Client,
         launcher_image: String,
         pods: Store<Pod>,
+        index: PodIndex,
         placement: Option<Placement>,
     ) -> Self {
         Context {
             client,
             launcher_image,
             pods,
+            index,
             placement,
             created: Mutex::new(HashMap::new()),
         }
@@ -56,14 +61,19 @@ impl Context {
 
     /// The cached launcher pods of the VMI with `uid` in `ns`.
     fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
-        self.pods.state_filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns)
-                && p.metadata
+        self.index
+            .owned_by(uid)
+            .iter()
+            .filter(|r| r.namespace.as_deref() == Some(ns))
+            .filter_map(|r| self.pods.get(r))
+            .filter(|p| {
+                p.metadata
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(CREATED_BY))
                     .is_some_and(|u| u == uid)
-        })
+            })
+            .collect()
     }
 
     /// Whether a pod created for `uid` has yet to reach the cache; forgets it once it has
@@ -283,7 +293,10 @@ pub async fn reconcile(
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     match (node, pod_phase.as_str()) {
         (None, _) if let Some(placement) = &ctx.placement => {
-            match placement.bind(&ctx.client, pod, &ctx.pods).await? {
+            match placement
+                .bind(&ctx.client, pod, &ctx.pods, &ctx.index)
+                .await?
+            {
                 Bound::To(_) => {
                     set_status(
                         &vmis,

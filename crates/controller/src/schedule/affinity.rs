@@ -175,7 +175,16 @@ impl InterPod {
             anti: HashMap::new(),
             score: HashMap::new(),
         };
+        // Most pods have no pod (anti-)affinity: with none on either side there is nothing to
+        // count, and no need to look further at that pod.
+        let none = |a: Option<&Affinity>| {
+            a.is_none_or(|a| a.pod_affinity.is_none() && a.pod_anti_affinity.is_none())
+        };
+        let own_none = none(Some(&own));
         for other in placed {
+            if own_none && none(other.spec.as_ref().and_then(|s| s.affinity.as_ref())) {
+                continue;
+            }
             let Some(labels) = other
                 .spec
                 .as_ref()
