@@ -172,6 +172,32 @@ enum CtlRequest {
     },
 }
 
+/// Open files a server or agent may have: one or more per VM (a launcher's socket, its watch,
+/// API connections), so a node with thousands of VMs needs more than the usual 1024 or 20000.
+const FD_LIMIT: u64 = 1 << 20;
+
+/// Raises this process's open-file limit towards [`FD_LIMIT`] (what containerd and the kubelet
+/// run with): the hard limit too when privileged, else the soft limit up to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let want = FD_LIMIT.min(nr_open).max(hard);
+    if soft >= want || setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return;
+    }
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -227,9 +253,15 @@ async fn dispatch(cmd: Command) -> Result<i32> {
             tls_san,
             watch_history,
             node,
-        } => server(data_dir, listen, tls_san, watch_history, node).await,
+        } => {
+            raise_fd_limit();
+            server(data_dir, listen, tls_san, watch_history, node).await
+        }
         Command::Launcher(args) => launcher::launcher(args).await,
-        Command::Agent(args) => agent::agent(args).await,
+        Command::Agent(args) => {
+            raise_fd_limit();
+            agent::agent(args).await
+        }
         Command::Image(ImageCommand::Push {
             source,
             reference,

@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod images;
 pub mod join;
 pub mod node;
+pub mod nodevmis;
 pub mod pods;
 pub mod sandbox;
 pub mod services;

@@ -16,11 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::VirtualMachineInstanceNetworkInterface;
-use kuvirt_launcher::protocol::{Request, Response, call};
+use kuvirt_launcher::protocol::{ProtocolError, Request, Response, call, watch};
 use kuvirt_launcher::vm::VmState;
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -28,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::addresses;
+use crate::nodevmis::NodeVmis;
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::ipam::{Cidr, Ipam};
 use crate::sandbox::{self, Sandbox, SandboxConfig, SandboxError, apiproxy};
@@ -308,17 +308,7 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     let mut seen = std::collections::HashSet::new();
     // The VMIs on this node, watched once for every monitor: a GET per VM and round would
     // grow with the VMs (2 reads a second per VM).
-    let (vmi_cache, writer) = reflector::store::<VirtualMachineInstance>();
-    let vmi_watch = reflector(
-        writer,
-        watcher(
-            Api::<VirtualMachineInstance>::all(client.clone()),
-            watcher::Config::default().fields(&format!("status.nodeName={}", cfg.node)),
-        ),
-    )
-    .default_backoff()
-    .for_each(|_| std::future::ready(()));
-    let vmi_watch = tokio::spawn(vmi_watch);
+    let (vmi_cache, vmi_watch) = NodeVmis::watch(&client, &cfg.node);
     let mut events = watcher(pods, wc).default_backoff().boxed();
     while let Some(ev) = events.next().await {
         let ev = match ev {
@@ -530,7 +520,7 @@ async fn start(
     cfg: &RunnerConfig,
     net: &PodNet,
     pod: &Pod,
-    vmis: &Store<VirtualMachineInstance>,
+    vmis: &NodeVmis,
     launchers: Launchers,
 ) -> Result<Launcher, Error> {
     let ns = pod
@@ -938,6 +928,74 @@ fn freshest(
     }
 }
 
+/// How often a monitor looks again without any change of its VMI or launcher.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How soon a monitor tries again a write or request that failed.
+const RETRY: Duration = Duration::from_millis(500);
+/// How long a launcher may take to answer a watch.
+const OPEN_WITHIN: Duration = Duration::from_secs(10);
+/// How often the state of a launcher that cannot be watched (an older one) is asked.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Where a monitor learns its launcher's state: a watch, or (a launcher from before watches)
+/// asking every [`POLL`].
+struct Feed {
+    source: Source,
+    /// A state received and not handed on yet.
+    pending: Option<VmState>,
+}
+
+enum Source {
+    Watch(kuvirt_launcher::protocol::StatusFeed),
+    Poll(PathBuf),
+}
+
+impl Feed {
+    /// Opens a watch of the launcher on `socket` (falling back to asking, if it refuses).
+    async fn open(socket: &std::path::Path) -> Result<Feed, ProtocolError> {
+        let mut feed = watch(socket).await?;
+        match feed.next().await {
+            Ok(Some(Response::Status { state, .. })) => Ok(Feed {
+                source: Source::Watch(feed),
+                pending: Some(state),
+            }),
+            Err(ProtocolError::Refused(_)) => {
+                let Response::Status { state, .. } = call(socket, Request::Status).await? else {
+                    return Err(ProtocolError::Decode("no status".into()));
+                };
+                Ok(Feed {
+                    source: Source::Poll(socket.to_path_buf()),
+                    pending: Some(state),
+                })
+            }
+            Ok(_) => Err(ProtocolError::Decode(
+                "the launcher closed its watch".into(),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The launcher's next state; `None` once it cannot be reached (it may have exited).
+    async fn next(&mut self) -> Option<VmState> {
+        if let Some(s) = self.pending.take() {
+            return Some(s);
+        }
+        match &mut self.source {
+            Source::Watch(feed) => match feed.next().await {
+                Ok(Some(Response::Status { state, .. })) => Some(state),
+                _ => None,
+            },
+            Source::Poll(socket) => {
+                tokio::time::sleep(POLL).await;
+                match call(socket, Request::Status).await {
+                    Ok(Response::Status { state, .. }) => Some(state),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
 /// The launcher pod a monitor follows.
 struct Watched {
     /// This node (events name it).
@@ -950,7 +1008,7 @@ struct Watched {
     uid: String,
     vm_dir: PathBuf,
     /// The node's VMIs as the agent's watch has them.
-    vmis: Store<VirtualMachineInstance>,
+    vmis: NodeVmis,
 }
 
 /// What a monitor removes once its launcher has exited.
@@ -1065,41 +1123,73 @@ async fn monitor(
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let socket = vm_dir.join("launcher.sock");
+    // Woken when the VMI changes; the launcher's state comes on a watch of its own. Nothing
+    // is polled while both are quiet.
+    let following = cache.follow(&ns, &vmi_name);
+    let mut feed: Option<Feed> = None;
+    let mut state: Option<VmState> = None;
+    // Failed attempts in a row to reach the launcher.
     let mut silent = 0;
+    // Until the launcher first answers it is tried every 20 ms: that wait is part of every
+    // VM's start.
+    let mut answered = false;
+    // A write that failed is tried again this soon, not at the next change.
+    let mut retry: Option<Duration> = None;
     // The grace period a shutdown was last asked with (a shorter one is sent again: the
     // launcher's earliest deadline wins).
     let mut asked_grace: Option<Option<u64>> = None;
-    // Until the launcher first reports its VM up, it is asked every 20 ms: that wait is part of
-    // every VM's start. The VMI is still read only every 500 ms.
-    let mut started = false;
-    let mut last_read: Option<tokio::time::Instant> = None;
     let mut last_patched: Option<VirtualMachineInstance> = None;
     let ok = loop {
-        let every = Duration::from_millis(if started { 500 } else { 20 });
-        if let Some(c) = child.as_mut() {
-            tokio::select! {
-                s = c.wait() => break s.is_ok_and(|s| s.success()),
-                _ = tokio::time::sleep(every) => {}
+        let adopted = child.is_none();
+        let child_exit = async {
+            match child.as_mut() {
+                Some(c) => c.wait().await.is_ok_and(|s| s.success()),
+                None => std::future::pending().await,
             }
-        } else {
-            tokio::time::sleep(every).await;
-        }
-        if !started && last_read.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
-            match call(&socket, Request::Status).await {
-                Ok(Response::Status {
-                    state: VmState::Starting,
-                    ..
-                })
-                | Err(_) => continue,
-                Ok(_) => {}
+        };
+        let Some(f) = feed.as_mut() else {
+            let opened = tokio::time::timeout(OPEN_WITHIN, Feed::open(&socket)).await;
+            match opened {
+                Ok(Ok(f)) => {
+                    feed = Some(f);
+                    silent = 0;
+                    answered = true;
+                }
+                Err(_) | Ok(Err(_)) => {
+                    // An adopted launcher is not our child: it is gone when its socket stays
+                    // silent, and it left word of how the VM ended.
+                    state = None;
+                    silent += 1;
+                    if adopted && silent >= 3 {
+                        break adopted_outcome(&vm_dir);
+                    }
+                    let wait = Duration::from_millis(if answered { 500 } else { 20 });
+                    tokio::select! {
+                        ok = child_exit => break ok,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
             }
+            continue;
+        };
+        tokio::select! {
+            ok = child_exit => break ok,
+            next = f.next() => match next {
+                Some(s) => state = Some(s),
+                // The launcher closed the watch (its VM is over) or broke it: reconnect, and
+                // find out.
+                None => {
+                    feed = None;
+                    continue;
+                }
+            },
+            _ = following.changed() => {}
+            _ = tokio::time::sleep(retry.unwrap_or(RESYNC)) => {}
         }
-        last_read = Some(tokio::time::Instant::now());
+        retry = None;
         // This VMI (not a newer one of the same name): the watch's copy, or what our last patch
         // returned while the watch has not caught up with it.
-        let cached = cache
-            .get(&ObjectRef::new(&vmi_name).within(&ns))
-            .map(|v| (*v).clone());
+        let cached = cache.get(&ns, &vmi_name).map(|v| (*v).clone());
         let current = freshest(cached, last_patched.clone())
             .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
         // Deleted (its finalizer holds it until the VM is down): shut the guest down with the
@@ -1116,20 +1206,17 @@ async fn monitor(
                 None => true,
                 Some(before) => grace.is_some_and(|g| before.is_none_or(|b| g < b)),
             };
-            if shorter && stop(&client, &node, &launchers, &uid, grace).await {
-                asked_grace = Some(grace);
+            if shorter {
+                if stop(&client, &node, &launchers, &uid, grace).await {
+                    asked_grace = Some(grace);
+                } else {
+                    retry = Some(RETRY);
+                }
             }
         }
-        let Ok(Response::Status { state, .. }) = call(&socket, Request::Status).await else {
-            // An adopted launcher is not our child: it is gone when its socket stays silent, and
-            // it left word of how the VM ended.
-            silent += 1;
-            if child.is_none() && silent >= 3 {
-                break adopted_outcome(&vm_dir);
-            }
+        let Some(state) = &state else {
             continue;
         };
-        silent = 0;
         let (phase, ready, paused) = match &state {
             VmState::Running => ("Running", true, false),
             VmState::Paused => ("Running", false, true),
@@ -1153,8 +1240,6 @@ async fn monitor(
         if !matches!(cur_phase.as_str(), "Scheduled" | "Running") {
             continue;
         }
-        // The VM is up and its VMI is ours: reported now (or already), so slow down.
-        started = true;
         let cond = |t: &str| {
             cur.conditions
                 .iter()
@@ -1197,6 +1282,7 @@ async fn monitor(
             .patch(&vmi_name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         else {
+            retry = Some(RETRY);
             continue;
         };
         last_patched = Some(patched.clone());

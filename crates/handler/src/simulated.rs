@@ -14,9 +14,9 @@ use kuvirt_api::v1::StartStrategy;
 use kuvirt_launcher::machine::Accel;
 use kuvirt_launcher::protocol::{self, MAX_LINE, Request, Response};
 use kuvirt_launcher::vm::{ExitReason, VmState};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::pods::Runtime;
@@ -64,7 +64,7 @@ impl SimVm {
     /// powers off at once; a kill fails the VM).
     pub fn answer(&mut self, req: &Request) -> (Response, Option<ExitReason>) {
         match req {
-            Request::Status => {
+            Request::Status | Request::Watch => {
                 return (
                     Response::Status {
                         state: self.state.clone(),
@@ -126,14 +126,23 @@ pub fn serve(vm_dir: &Path, paused: bool) -> std::io::Result<JoinHandle<()>> {
     )))
 }
 
+/// A stand-in's VM and its state as watchers see it.
+struct Shared {
+    vm: Mutex<SimVm>,
+    states: watch::Sender<VmState>,
+}
+
 async fn stand_in(listener: UnixListener, socket: PathBuf, exit_file: PathBuf, vm: SimVm) {
-    let vm = Arc::new(Mutex::new(vm));
+    let shared = Arc::new(Shared {
+        states: watch::Sender::new(vm.state().clone()),
+        vm: Mutex::new(vm),
+    });
     let (tx, mut rx) = mpsc::channel::<ExitReason>(1);
     let reason = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, _)) => {
-                    tokio::spawn(connection(conn, vm.clone(), tx.clone()));
+                    tokio::spawn(connection(conn, shared.clone(), tx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, say: back off instead of spinning.
@@ -144,6 +153,10 @@ async fn stand_in(listener: UnixListener, socket: PathBuf, exit_file: PathBuf, v
             Some(r) = rx.recv() => break r,
         }
     };
+    // Watchers see the end (and their connections close), as a launcher's do.
+    shared.states.send_replace(VmState::Exited {
+        reason: reason.clone(),
+    });
     match serde_json::to_vec(&reason) {
         Ok(json) => {
             if let Err(e) = std::fs::write(&exit_file, json) {
@@ -156,9 +169,9 @@ async fn stand_in(listener: UnixListener, socket: PathBuf, exit_file: PathBuf, v
     let _ = std::fs::remove_file(&socket);
 }
 
-/// One client of a stand-in: request lines in, answer lines out; the VM's end is reported once
-/// its answer is written.
-async fn connection(conn: UnixStream, vm: Arc<Mutex<SimVm>>, exit: mpsc::Sender<ExitReason>) {
+/// One client of a stand-in: request lines in, answer lines out (a watch: a status line per
+/// state change); the VM's end is reported once its answer is written.
+async fn connection(conn: UnixStream, shared: Arc<Shared>, exit: mpsc::Sender<ExitReason>) {
     let (rd, mut wr) = conn.into_split();
     let mut rd = BufReader::new(rd);
     let mut line = String::new();
@@ -172,20 +185,54 @@ async fn connection(conn: UnixStream, vm: Arc<Mutex<SimVm>>, exit: mpsc::Sender<
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let (response, ended) = vm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .answer_line(&line);
-        let Ok(mut out) = serde_json::to_string(&response) else {
+        if protocol::decode(&line) == Ok(Request::Watch) {
+            watch_states(&shared.states, &mut rd, &mut wr).await;
             break;
+        }
+        let (response, ended) = {
+            let mut vm = shared.vm.lock().unwrap_or_else(PoisonError::into_inner);
+            let answer = vm.answer_line(&line);
+            let now = vm.state().clone();
+            shared.states.send_if_modified(|s| {
+                let changed = *s != now;
+                *s = now;
+                changed
+            });
+            answer
         };
-        out.push('\n');
-        let written = wr.write_all(out.as_bytes()).await.is_ok();
+        let written = protocol::write_line(&mut wr, &response).await.is_ok();
         if let Some(r) = ended {
             let _ = exit.try_send(r);
         }
         if !written || line.len() > MAX_LINE {
             break;
+        }
+    }
+}
+
+/// Answers a watch as a launcher does: the status now and on each change, until the VM has
+/// exited or the client goes.
+async fn watch_states(
+    states: &watch::Sender<VmState>,
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    let mut rx = states.subscribe();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let last = matches!(state, VmState::Exited { .. });
+        let status = Response::Status {
+            state,
+            pid: None,
+            accel: Accel::Tcg,
+        };
+        if protocol::write_line(wr, &status).await.is_err() || last {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = rd.read(&mut byte) => return,
         }
     }
 }
@@ -362,7 +409,20 @@ mod tests {
                 ..
             }
         ));
+        // A watch: the state now, then each change, then its end.
+        let mut feed = kuvirt_launcher::protocol::watch(&sock).await.unwrap();
+        let mut next_state = async || match feed.next().await.unwrap() {
+            Some(Response::Status { state, .. }) => Some(state),
+            None => None,
+            Some(other) => panic!("{other:?}"),
+        };
+        assert_eq!(next_state().await, Some(VmState::Running));
         call(&sock, Request::Pause).await.unwrap();
+        assert_eq!(next_state().await, Some(VmState::Paused));
+        call(&sock, Request::Unpause).await.unwrap();
+        assert_eq!(next_state().await, Some(VmState::Running));
+        call(&sock, Request::Pause).await.unwrap();
+        assert_eq!(next_state().await, Some(VmState::Paused));
         assert!(matches!(
             call(&sock, Request::Status).await.unwrap(),
             Response::Status {
@@ -387,6 +447,9 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(next_state().await, Some(VmState::ShuttingDown));
+        assert!(matches!(next_state().await, Some(VmState::Exited { .. })));
+        assert_eq!(next_state().await, None);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .unwrap()

@@ -41,6 +41,9 @@ pub fn decode(line: &str) -> Result<Request, Response> {
 #[serde(tag = "command", rename_all = "camelCase")]
 pub enum Request {
     Status,
+    /// The status at once, then again on each change of the VM's state, on the same connection
+    /// until either side closes it (the launcher does once the VM has exited).
+    Watch,
     Pause,
     Unpause,
     Reset,
@@ -120,6 +123,10 @@ pub async fn serve(listener: UnixListener, served: Arc<Served>) {
                 let response = match read {
                     Ok(0) | Err(_) => break,
                     Ok(_) => match decode(&line) {
+                        Ok(Request::Watch) => {
+                            stream_states(&served, &mut rd, &mut wr).await;
+                            break;
+                        }
                         Ok(request) => handle(&served, request).await,
                         Err(refused) => refused,
                     },
@@ -139,16 +146,50 @@ pub async fn serve(listener: UnixListener, served: Arc<Served>) {
     }
 }
 
+fn status(s: &Served, state: VmState) -> Response {
+    Response::Status {
+        state,
+        pid: s.vm.pid(),
+        accel: s.accel,
+    }
+}
+
+/// Answers a watch: a status line now and on each state change, until the VM has exited or
+/// the client goes (it sends nothing more; anything it sends ends the watch).
+async fn stream_states(
+    s: &Served,
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+) {
+    let mut states = s.vm.watch();
+    loop {
+        let state = states.borrow_and_update().clone();
+        let last = matches!(state, VmState::Exited { .. });
+        if write_line(wr, &status(s, state)).await.is_err() || last {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = rd.read(&mut byte) => return,
+        }
+    }
+}
+
+/// Writes one answer line.
+pub async fn write_line(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(response).map_err(std::io::Error::other)?;
+    out.push('\n');
+    wr.write_all(out.as_bytes()).await
+}
+
 async fn handle(s: &Served, req: Request) -> Response {
     let vm = &s.vm;
     let result = match req {
-        Request::Status => {
-            return Response::Status {
-                state: vm.state(),
-                pid: vm.pid(),
-                accel: s.accel,
-            };
-        }
+        Request::Status | Request::Watch => return status(s, vm.state()),
         Request::Pause => vm.pause().await,
         Request::Unpause => vm.unpause().await,
         Request::Reset => vm.reset().await,
@@ -209,6 +250,63 @@ async fn call_unbounded(socket: &Path, request: Request) -> Result<Response, Pro
         Response::Error { message } => Err(ProtocolError::Refused(message)),
         other => Ok(other),
     }
+}
+
+/// A launcher's states as they change (a [`Request::Watch`] connection).
+pub struct StatusFeed {
+    rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    /// Kept open: closing it ends the watch.
+    _wr: tokio::net::unix::OwnedWriteHalf,
+    line: Vec<u8>,
+}
+
+impl StatusFeed {
+    /// The next status: the current one first, then one per change; `None` once the launcher
+    /// has closed the watch (its VM exited, or it is gone). Cancel-safe: a line read in part
+    /// is finished by the next call.
+    pub async fn next(&mut self) -> Result<Option<Response>, ProtocolError> {
+        let room = (MAX_LINE + 1).saturating_sub(self.line.len()) as u64;
+        let n = (&mut self.rd)
+            .take(room)
+            .read_until(b'\n', &mut self.line)
+            .await?;
+        if self.line.len() > MAX_LINE {
+            return Err(ProtocolError::Decode("status line too long".into()));
+        }
+        if n == 0 || self.line.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        let line = std::mem::take(&mut self.line);
+        match serde_json::from_slice::<Response>(&line) {
+            Ok(Response::Error { message }) => Err(ProtocolError::Refused(message)),
+            Ok(r) => Ok(Some(r)),
+            Err(e) => Err(ProtocolError::Decode(e.to_string())),
+        }
+    }
+}
+
+/// Opens a watch of the launcher's state on `socket`. A launcher that does not know the
+/// request (an older one) refuses it: [`ProtocolError::Refused`].
+pub async fn watch(socket: &Path) -> Result<StatusFeed, ProtocolError> {
+    let conn = UnixStream::connect(socket)
+        .await
+        .map_err(|e| ProtocolError::Connect {
+            path: socket.display().to_string(),
+            source: e,
+        })?;
+    let (rd, mut wr) = conn.into_split();
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        request: Request::Watch,
+    };
+    let mut line = serde_json::to_string(&env).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    line.push('\n');
+    wr.write_all(line.as_bytes()).await?;
+    Ok(StatusFeed {
+        rd: BufReader::new(rd),
+        _wr: wr,
+        line: Vec::new(),
+    })
 }
 
 #[cfg(test)]
