@@ -33,6 +33,8 @@ pub struct AppState {
     pub address: String,
     /// Request counters (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// Recent events' objects, decoded once for all watches.
+    pub decoded: Arc<watch::Decoded>,
 }
 
 /// The router: health and version without credentials, everything else behind a bearer token;
@@ -401,7 +403,7 @@ async fn resource(
         }
         "watch" => {
             let sel = Selectors::parse(&t, q)?;
-            watch::serve(store.clone(), t, sel, q, want_table).await
+            watch::serve(store.clone(), state.decoded.clone(), t, sel, q, want_table).await
         }
         "create" => {
             let obj = decode_body(headers, &body)?;

@@ -131,6 +131,7 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
         creds: creds.clone(),
         address: addr.to_string(),
         metrics: Default::default(),
+        decoded: Default::default(),
     });
     let app = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.tls.clone());

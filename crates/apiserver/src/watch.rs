@@ -2,7 +2,8 @@
 //! events, with selectors, bookmarks, `timeoutSeconds`, and 410 (as an ERROR event) when the
 //! requested resourceVersion is compacted away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -33,8 +34,49 @@ fn event_line(ty: &str, object: &[u8]) -> Bytes {
     Bytes::from(line)
 }
 
+/// How many recent events' objects stay decoded for the watches that need them.
+const DECODED_KEPT: usize = 64;
+
+/// The objects of recent events, decoded once for every watch whose selector needs to look at
+/// them (each node agent's watches select by node: without this, each of them decoded every
+/// event of its resource).
+#[derive(Default)]
+pub struct Decoded {
+    recent: Mutex<Recent>,
+}
+
+/// Decoded objects by revision, and the revisions oldest first.
+#[derive(Default)]
+struct Recent {
+    by_revision: HashMap<u64, Arc<Value>>,
+    order: VecDeque<u64>,
+}
+
+impl Decoded {
+    /// The object of the event with `revision` (its bytes `raw`), decoded at most once while
+    /// the event is recent.
+    fn get(&self, revision: u64, raw: &[u8]) -> Option<Arc<Value>> {
+        let lock = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = lock().by_revision.get(&revision) {
+            return Some(v.clone());
+        }
+        let v = Arc::new(serde_json::from_slice::<Value>(raw).ok()?);
+        let mut r = lock();
+        if r.by_revision.insert(revision, v.clone()).is_none() {
+            r.order.push_back(revision);
+            while r.order.len() > DECODED_KEPT {
+                if let Some(old) = r.order.pop_front() {
+                    r.by_revision.remove(&old);
+                }
+            }
+        }
+        Some(v)
+    }
+}
+
 pub async fn serve(
     store: Store,
+    decoded: Arc<Decoded>,
     t: Target,
     sel: Selectors,
     q: &HashMap<String, String>,
@@ -111,12 +153,12 @@ pub async fn serve(
                     // to check they go out as they are, not decoded and encoded again for each
                     // watcher.
                     let sent = if table || !sel.is_empty() {
-                        let Ok(obj) = serde_json::from_slice::<Value>(&ev.value) else { continue };
+                        let Some(obj) = decoded.get(ev.revision, &ev.value) else { continue };
                         if !sel.matches(&obj) {
                             continue;
                         }
                         if table {
-                            send(ev.kind.as_str(), obj).await
+                            send(ev.kind.as_str(), Value::clone(&obj)).await
                         } else {
                             tx.send(event_line(ev.kind.as_str(), &ev.value)).await
                         }
@@ -155,6 +197,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_recent_event_is_decoded_once() {
+        let d = Decoded::default();
+        let a = d.get(1, br#"{"a":1}"#).unwrap();
+        // The same revision is not decoded again (these bytes would not decode).
+        assert!(Arc::ptr_eq(&a, &d.get(1, b"garbage").unwrap()));
+        assert!(d.get(2, b"garbage").is_none());
+        for rev in 2..=(DECODED_KEPT as u64 + 1) {
+            d.get(rev, b"{}").unwrap();
+        }
+        // Revision 1 has been forgotten.
+        assert!(d.get(1, b"garbage").is_none());
+    }
 
     #[test]
     fn an_event_line_wraps_the_stored_bytes() {
