@@ -265,32 +265,48 @@ pub fn open_up(dir: &Path) {
     }
 }
 
-/// `kuvirt agent --simulated-nodes N` joined to `server`: nodes whose launchers report Running
-/// without QEMU.
-pub async fn simulated_nodes(paths: &Paths, server: &Server, n: usize) -> Result<Proc> {
-    let state = server
+/// Simulated nodes per `kuvirt agent` process. Each simulated VM holds three descriptors in its
+/// agent (the stand-in's listening socket and both ends of its monitor's watch), and a process
+/// may not be allowed more than 20,000 (this machine's hard limit): 16 nodes of up to 170 VMIs
+/// stay well under it.
+const NODES_PER_AGENT: usize = 16;
+
+/// Starts `n` simulated nodes (`kuvirt agent --simulated-nodes`, as many agents as
+/// [`NODES_PER_AGENT`] asks, named `sim0-…`, `sim1-…`) against `server` and waits until all are
+/// Ready.
+pub async fn simulated_nodes(paths: &Paths, server: &Server, n: usize) -> Result<Vec<Proc>> {
+    let base = server
         .data
         .parent()
-        .map_or_else(|| paths.work.clone(), Path::to_path_buf);
-    let state = state.join("sim-state");
-    std::fs::create_dir_all(&state)?;
-    let log = std::fs::File::create(state.join("agent.log"))?;
-    let child = Command::new(&paths.kuvirt)
-        .args(["agent", "--server", &server.url, "--token-file"])
-        .arg(server.data.join("node-token"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--node-name", "sim", "--simulated-nodes", &n.to_string()])
-        .args(["--pod-network-name", POD_NETWORK])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting kuvirt agent --simulated-nodes")?;
-    let proc = Proc { child };
+        .map_or_else(|| paths.work.clone(), Path::to_path_buf)
+        .join("sim-state");
+    let mut agents = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let count = left.min(NODES_PER_AGENT);
+        left -= count;
+        let k = agents.len();
+        let state = base.join(k.to_string());
+        std::fs::create_dir_all(&state)?;
+        let log = std::fs::File::create(state.join("agent.log"))?;
+        let child = Command::new(&paths.kuvirt)
+            .args(["agent", "--server", &server.url, "--token-file"])
+            .arg(server.data.join("node-token"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--node-name", &format!("sim{k}")])
+            .args(["--simulated-nodes", &count.to_string()])
+            .args(["--pod-network-name", POD_NETWORK])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting kuvirt agent --simulated-nodes")?;
+        agents.push(Proc { child });
+    }
     server.wait_nodes_ready(n).await?;
-    Ok(proc)
+    Ok(agents)
 }
 
 /// A `docker-registry` on loopback (Debian's), holding the demo guest.

@@ -148,7 +148,7 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
         &ServerOpts { node_agent: false },
     )
     .await?;
-    let _agent = simulated_nodes(&ctx.paths, &server, nodes).await?;
+    let agents = simulated_nodes(&ctx.paths, &server, nodes).await?;
     let tracker = Tracker::start(&server.client, NAMESPACE).await?;
     let half = Duration::from_millis(500);
     let rss_before = mem::mean_rss_kib(&mem::sample(server.pid(), 3, half).await);
@@ -214,6 +214,7 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
 
     sc.metric("VMIs", nf, "");
     sc.metric("simulated nodes", nodes as f64, "");
+    sc.metric("simulated agents", agents.len() as f64, "");
     sc.metric("creates in flight", CONCURRENCY as f64, "");
     sc.metric("all created", created_in.as_secs_f64(), "s");
     sc.metric("all Running", all_running.as_secs_f64(), "s");
