@@ -1133,6 +1133,8 @@ async fn monitor(
     // Until the launcher first answers it is tried every 20 ms: that wait is part of every
     // VM's start.
     let mut answered = false;
+    // The launcher's watch ended since the last attempt to open one.
+    let mut closed = false;
     // A write that failed is tried again this soon, not at the next change.
     let mut retry: Option<Duration> = None;
     // The grace period a shutdown was last asked with (a shorter one is sent again: the
@@ -1148,6 +1150,16 @@ async fn monitor(
             }
         };
         let Some(f) = feed.as_mut() else {
+            // A watch that just ended (the VM is over, and the launcher on its way out) is not
+            // reopened at once: an exited launcher still answering would be asked in a loop.
+            if closed {
+                closed = false;
+                tokio::select! {
+                    ok = child_exit => break ok,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+                continue;
+            }
             let opened = tokio::time::timeout(OPEN_WITHIN, Feed::open(&socket)).await;
             match opened {
                 Ok(Ok(f)) => {
@@ -1180,6 +1192,7 @@ async fn monitor(
                 // find out.
                 None => {
                     feed = None;
+                    closed = true;
                     continue;
                 }
             },
