@@ -186,7 +186,12 @@ async fn connection(conn: UnixStream, shared: Arc<Shared>, exit: mpsc::Sender<Ex
             Ok(_) => {}
         }
         if protocol::decode(&line) == Ok(Request::Watch) {
-            watch_states(&shared.states, &mut rd, &mut wr).await;
+            let status = |state| Response::Status {
+                state,
+                pid: None,
+                accel: Accel::Tcg,
+            };
+            protocol::stream_states(shared.states.subscribe(), status, &mut rd, &mut wr).await;
             break;
         }
         let (response, ended) = {
@@ -206,33 +211,6 @@ async fn connection(conn: UnixStream, shared: Arc<Shared>, exit: mpsc::Sender<Ex
         }
         if !written || line.len() > MAX_LINE {
             break;
-        }
-    }
-}
-
-/// Answers a watch as a launcher does: the status now and on each change, until the VM has
-/// exited or the client goes.
-async fn watch_states(
-    states: &watch::Sender<VmState>,
-    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    wr: &mut tokio::net::unix::OwnedWriteHalf,
-) {
-    let mut rx = states.subscribe();
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let last = matches!(state, VmState::Exited { .. });
-        let status = Response::Status {
-            state,
-            pid: None,
-            accel: Accel::Tcg,
-        };
-        if protocol::write_line(wr, &status).await.is_err() || last {
-            return;
-        }
-        let mut byte = [0u8; 1];
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = rd.read(&mut byte) => return,
         }
     }
 }

@@ -124,7 +124,8 @@ pub async fn serve(listener: UnixListener, served: Arc<Served>) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => match decode(&line) {
                         Ok(Request::Watch) => {
-                            stream_states(&served, &mut rd, &mut wr).await;
+                            let answer = |state| status(&served, state);
+                            stream_states(served.vm.watch(), answer, &mut rd, &mut wr).await;
                             break;
                         }
                         Ok(request) => handle(&served, request).await,
@@ -154,18 +155,19 @@ fn status(s: &Served, state: VmState) -> Response {
     }
 }
 
-/// Answers a watch: a status line now and on each state change, until the VM has exited or
-/// the client goes (it sends nothing more; anything it sends ends the watch).
-async fn stream_states(
-    s: &Served,
+/// Answers a watch: the status of each state `states` takes, the current one first, until the
+/// VM has exited or the client goes (it sends nothing more; anything it sends ends the watch).
+/// The launcher and the simulated node's stand-in both answer with it.
+pub async fn stream_states(
+    mut states: tokio::sync::watch::Receiver<VmState>,
+    status: impl Fn(VmState) -> Response,
     rd: &mut (impl tokio::io::AsyncRead + Unpin),
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
 ) {
-    let mut states = s.vm.watch();
     loop {
         let state = states.borrow_and_update().clone();
         let last = matches!(state, VmState::Exited { .. });
-        if write_line(wr, &status(s, state)).await.is_err() || last {
+        if write_line(wr, &status(state)).await.is_err() || last {
             return;
         }
         let mut byte = [0u8; 1];
@@ -227,7 +229,17 @@ pub async fn call(socket: &Path, request: Request) -> Result<Response, ProtocolE
         .map_err(|_| ProtocolError::Io(std::io::Error::other("no answer within 35s")))?
 }
 
-async fn call_unbounded(socket: &Path, request: Request) -> Result<Response, ProtocolError> {
+/// Connects to `socket` and sends `request`.
+async fn send(
+    socket: &Path,
+    request: Request,
+) -> Result<
+    (
+        tokio::net::unix::OwnedReadHalf,
+        tokio::net::unix::OwnedWriteHalf,
+    ),
+    ProtocolError,
+> {
     let conn = UnixStream::connect(socket)
         .await
         .map_err(|e| ProtocolError::Connect {
@@ -242,6 +254,11 @@ async fn call_unbounded(socket: &Path, request: Request) -> Result<Response, Pro
     let mut line = serde_json::to_string(&env).map_err(|e| ProtocolError::Decode(e.to_string()))?;
     line.push('\n');
     wr.write_all(line.as_bytes()).await?;
+    Ok((rd, wr))
+}
+
+async fn call_unbounded(socket: &Path, request: Request) -> Result<Response, ProtocolError> {
+    let (rd, _wr) = send(socket, request).await?;
     let mut answer = String::new();
     BufReader::new(rd).read_line(&mut answer).await?;
     let resp: Response =
@@ -288,20 +305,7 @@ impl StatusFeed {
 /// Opens a watch of the launcher's state on `socket`. A launcher that does not know the
 /// request (an older one) refuses it: [`ProtocolError::Refused`].
 pub async fn watch(socket: &Path) -> Result<StatusFeed, ProtocolError> {
-    let conn = UnixStream::connect(socket)
-        .await
-        .map_err(|e| ProtocolError::Connect {
-            path: socket.display().to_string(),
-            source: e,
-        })?;
-    let (rd, mut wr) = conn.into_split();
-    let env = Envelope {
-        version: PROTOCOL_VERSION,
-        request: Request::Watch,
-    };
-    let mut line = serde_json::to_string(&env).map_err(|e| ProtocolError::Decode(e.to_string()))?;
-    line.push('\n');
-    wr.write_all(line.as_bytes()).await?;
+    let (rd, wr) = send(socket, Request::Watch).await?;
     Ok(StatusFeed {
         rd: BufReader::new(rd),
         _wr: wr,
