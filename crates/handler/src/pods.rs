@@ -1133,8 +1133,8 @@ async fn monitor(
     // Until the launcher first answers it is tried every 20 ms: that wait is part of every
     // VM's start.
     let mut answered = false;
-    // The launcher's watch ended since the last attempt to open one.
-    let mut closed = false;
+    // How long to wait before the next attempt to open a watch.
+    let mut open_after: Option<Duration> = None;
     // A write that failed is tried again this soon, not at the next change.
     let mut retry: Option<Duration> = None;
     // The grace period a shutdown was last asked with (a shorter one is sent again: the
@@ -1150,13 +1150,10 @@ async fn monitor(
             }
         };
         let Some(f) = feed.as_mut() else {
-            // A watch that just ended (the VM is over, and the launcher on its way out) is not
-            // reopened at once: an exited launcher still answering would be asked in a loop.
-            if closed {
-                closed = false;
+            if let Some(wait) = open_after.take() {
                 tokio::select! {
                     ok = child_exit => break ok,
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
@@ -1175,11 +1172,7 @@ async fn monitor(
                     if adopted && silent >= 3 {
                         break adopted_outcome(&vm_dir);
                     }
-                    let wait = Duration::from_millis(if answered { 500 } else { 20 });
-                    tokio::select! {
-                        ok = child_exit => break ok,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
+                    open_after = Some(Duration::from_millis(if answered { 500 } else { 20 }));
                 }
             }
             continue;
@@ -1189,10 +1182,11 @@ async fn monitor(
             next = f.next() => match next {
                 Some(s) => state = Some(s),
                 // The launcher closed the watch (its VM is over) or broke it: reconnect, and
-                // find out.
+                // find out, but not at once: an exited launcher still answering would be asked
+                // in a loop.
                 None => {
                     feed = None;
-                    closed = true;
+                    open_after = Some(RETRY);
                     continue;
                 }
             },
@@ -1230,7 +1224,7 @@ async fn monitor(
         let Some(state) = &state else {
             continue;
         };
-        let (phase, ready, paused) = match &state {
+        let (phase, ready, paused) = match state {
             VmState::Running => ("Running", true, false),
             VmState::Paused => ("Running", false, true),
             VmState::ShuttingDown => ("Running", false, false),
