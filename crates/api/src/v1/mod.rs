@@ -9,6 +9,7 @@ mod string_enum;
 
 pub mod devices;
 pub mod domain;
+pub mod migration;
 pub mod networks;
 pub mod status;
 pub mod vm;
@@ -17,6 +18,7 @@ pub mod volumes;
 
 pub use devices::*;
 pub use domain::*;
+pub use migration::*;
 pub use networks::*;
 pub use status::*;
 pub use vm::*;

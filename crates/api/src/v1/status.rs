@@ -114,11 +114,15 @@ pub struct VirtualMachineInstanceStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub guest_os_info: Option<VirtualMachineInstanceGuestOSInfo>,
-    /// Kept as opaque JSON.
+    /// The migration under way, or the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migration_state: Option<serde_json::Value>,
+    pub migration_state: Option<super::VirtualMachineInstanceMigrationState>,
+    /// `LiveMigration`, or `BlockMigration` when local disks are copied too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_method: Option<String>,
+    /// How the migration stream travels (KubeVirt: `Unix`, through its node agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_transport: Option<String>,
     /// Guaranteed, Burstable or BestEffort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos_class: Option<String>,
