@@ -243,7 +243,9 @@ fn kind_schema(g: &mut SchemaGenerator, r: &ResourceType) -> Option<Schema> {
         ("kubevirt.io", "VirtualMachineInstance") => {
             g.subschema_for::<kuvirt_api::VirtualMachineInstance>()
         }
-        ("kubevirt.io", "VirtualMachineInstanceMigration") => migration_schema(g),
+        ("kubevirt.io", "VirtualMachineInstanceMigration") => {
+            g.subschema_for::<kuvirt_api::v1::VirtualMachineInstanceMigration>()
+        }
         ("kubevirt.io", "VirtualMachineInstanceReplicaSet") => replica_set_schema(g),
         ("", "Namespace") => g.subschema_for::<Namespace>(),
         ("", "Pod") => g.subschema_for::<Pod>(),
@@ -318,73 +320,6 @@ fn describe_type_meta(schema: &mut Map<String, Value>) {
 fn with_description(mut s: Schema, description: &str) -> Value {
     s.insert("description".into(), description.into());
     s.to_value()
-}
-
-fn migration_schema(g: &mut SchemaGenerator) -> Schema {
-    let (api_version, kind) = type_meta();
-    let meta = g.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
-    let time = g.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>();
-    define(
-        g,
-        "VirtualMachineInstanceMigrationSpec",
-        json!({
-            "description": "`spec` of a VirtualMachineInstanceMigration.",
-            "type": "object",
-            "properties": {
-                "vmiName": {"type": "string", "description": "The name of the VMI to migrate; it must be in the migration's namespace."},
-                "addedNodeSelector": {
-                    "type": "object",
-                    "additionalProperties": {"type": "string"},
-                    "description": "Node selector terms added to the VMI's own for choosing the target node.",
-                },
-            },
-            "additionalProperties": true,
-        }),
-    );
-    define(
-        g,
-        "VirtualMachineInstanceMigrationStatus",
-        json!({
-            "description": "`status` of a VirtualMachineInstanceMigration.",
-            "type": "object",
-            "properties": {
-                "phase": {"type": "string", "description": "One of: Pending, Scheduling, Scheduled, PreparingTarget, TargetReady, Running, Succeeded, Failed."},
-                "phaseTransitionTimestamps": {
-                    "type": "array",
-                    "description": "When the migration entered each phase.",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "phase": {"type": "string"},
-                            "phaseTransitionTimestamp": with_description(time, "When the phase was entered."),
-                        },
-                    },
-                },
-                "migrationState": {"type": "object", "description": "Progress of the migration, as on the VMI's status.", PRESERVE: true},
-                "conditions": {
-                    "type": "array",
-                    "items": {"type": "object", PRESERVE: true},
-                },
-            },
-            "additionalProperties": true,
-        }),
-    );
-    define(
-        g,
-        "VirtualMachineInstanceMigration",
-        json!({
-            "description": "A `kubevirt.io/v1` VirtualMachineInstanceMigration: a request to live-migrate a running VMI to another node.",
-            "type": "object",
-            "properties": {
-                "apiVersion": api_version,
-                "kind": kind,
-                "metadata": with_description(meta, METADATA_DOC),
-                "spec": {"$ref": format!("{V3_REFS}VirtualMachineInstanceMigrationSpec")},
-                "status": {"$ref": format!("{V3_REFS}VirtualMachineInstanceMigrationStatus")},
-            },
-            "required": ["spec"],
-        }),
-    )
 }
 
 fn replica_set_schema(g: &mut SchemaGenerator) -> Schema {
