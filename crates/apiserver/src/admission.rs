@@ -85,11 +85,14 @@ pub fn virtual_machine_instance(obj: &mut Value) -> Result<(), AdmitError> {
     })
 }
 
+/// The checks that need only the object; creates get more in `migrate::admit_create`.
 pub fn migration(obj: &mut Value) -> Result<(), AdmitError> {
-    match obj.pointer("/spec/vmiName").and_then(Value::as_str) {
-        Some(n) if !n.is_empty() => Ok(()),
-        _ => Err(required("spec.vmiName", "Required value")),
-    }
+    typed::<kuvirt_api::v1::VirtualMachineInstanceMigration>(obj, |m| {
+        match m.spec.vmi_name.as_deref() {
+            Some(n) if !n.is_empty() => Ok(()),
+            _ => Err(required("spec.vmiName", "Required value")),
+        }
+    })
 }
 
 pub fn replica_set(obj: &mut Value) -> Result<(), AdmitError> {
@@ -245,6 +248,27 @@ mod tests {
             causes.iter().any(|c| c.field == "spec.runStrategy"),
             "{causes:?}"
         );
+    }
+
+    #[test]
+    fn migration_is_typed_and_keeps_unknown_fields() {
+        let mut m = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": "m"},
+            "spec": {"vmiName": "vm", "priority": "user-triggered"},
+            "status": {"phase": "WaitingForSync", "future": [1]}
+        });
+        migration(&mut m).unwrap();
+        assert_eq!(m["spec"]["priority"], "user-triggered");
+        assert_eq!(m["status"]["phase"], "WaitingForSync");
+        assert_eq!(m["status"]["future"], json!([1]));
+        let mut bad = json!({"spec": {"vmiName": "vm", "addedNodeSelector": "zone=b"}});
+        assert!(matches!(migration(&mut bad), Err(AdmitError::Decode(_))));
+        let mut missing = json!({"spec": {}});
+        let Err(AdmitError::Invalid(causes)) = migration(&mut missing) else {
+            panic!("no vmiName accepted")
+        };
+        assert_eq!(causes[0].field, "spec.vmiName");
     }
 
     #[test]

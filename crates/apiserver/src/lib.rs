@@ -8,6 +8,7 @@ pub mod gc;
 pub mod http;
 pub mod meta;
 pub mod metrics;
+pub mod migrate;
 pub mod nodeproxy;
 pub mod objects;
 pub mod openapi;

@@ -361,6 +361,10 @@ pub async fn create(
         o.remove("status");
     }
     admit(rt, &name, &mut obj, opts)?;
+    if rt.group == "kubevirt.io" && rt.kind == "VirtualMachineInstanceMigration" {
+        // KubeVirt's webhooks for this kind read the store: the VMI and its other migrations.
+        crate::migrate::admit_create(store, rt, &t.namespace, &name, &mut obj).await?;
+    }
     manage(rt, None, &mut obj, opts, "")?;
     if opts.dry_run {
         return Ok(obj);

@@ -1,12 +1,13 @@
 //! KubeVirt's VirtualMachine subresources: `PUT /apis/subresources.kubevirt.io/v1/namespaces/NS/
-//! virtualmachines/NAME/{start,stop,restart}` with virt-api's rules per run strategy (spec writes
-//! for Always/Halted, `status.stateChangeRequests` for the rest), and the group's discovery
-//! document (the VMI subresources are `nodeproxy`'s).
+//! virtualmachines/NAME/{start,stop,restart,migrate}` with virt-api's rules per run strategy
+//! (spec writes for Always/Halted, `status.stateChangeRequests` for the rest; `migrate` is
+//! `migrate`'s), and the group's discovery document (the VMI subresources are `nodeproxy`'s).
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kuvirt_store::Store;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -30,6 +31,8 @@ pub enum Verb {
     Start,
     Stop,
     Restart,
+    /// `PUT virtualmachines/NAME/migrate`: a VirtualMachineInstanceMigration for its VMI.
+    Migrate,
     /// `GET virtualmachines/NAME/expand-spec`: the VM with its instance type and preference
     /// applied.
     ExpandSpec,
@@ -43,6 +46,7 @@ impl Verb {
             Verb::Start => "start",
             Verb::Stop => "stop",
             Verb::Restart => "restart",
+            Verb::Migrate => "migrate",
             Verb::ExpandSpec => "expand-spec",
             Verb::ExpandVmSpec => "expand-vm-spec",
         }
@@ -85,6 +89,7 @@ pub fn route(path: &str) -> Option<Call> {
         "start" => Verb::Start,
         "stop" => Verb::Stop,
         "restart" => Verb::Restart,
+        "migrate" => Verb::Migrate,
         "expand-spec" => Verb::ExpandSpec,
         _ => return None,
     };
@@ -106,7 +111,7 @@ pub fn resource_list() -> Value {
             "verbs": [verb],
         })
     };
-    let resources: Vec<Value> = [Verb::Start, Verb::Stop, Verb::Restart]
+    let resources: Vec<Value> = [Verb::Start, Verb::Stop, Verb::Restart, Verb::Migrate]
         .iter()
         .map(|v| entry(format!("virtualmachines/{}", v.name()), "update"))
         .chain([
@@ -138,8 +143,15 @@ struct Options {
     dry_run: Vec<String>,
 }
 
-/// Decodes a body as virt-api does: JSON or YAML, an empty body meaning the defaults.
 fn options(body: &[u8]) -> Result<Options, ApiError> {
+    let opts: Options = decode_options(body)?;
+    check_dry_run(&opts.dry_run)?;
+    Ok(opts)
+}
+
+/// Decodes a subresource body as virt-api does: JSON or YAML, an empty body meaning the
+/// defaults.
+pub(crate) fn decode_options<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     let bad = |e: String| {
         ApiError::bad_request(format!(
             "Can not unmarshal Request body to struct, error: {e}"
@@ -147,19 +159,23 @@ fn options(body: &[u8]) -> Result<Options, ApiError> {
     };
     let text = std::str::from_utf8(body).map_err(|e| bad(e.to_string()))?;
     let text = text.trim();
-    let opts: Options = if text.is_empty() {
-        Options::default()
+    if text.is_empty() {
+        Ok(T::default())
     } else if text.starts_with('{') {
-        serde_json::from_str(text).map_err(|e| bad(e.to_string()))?
+        serde_json::from_str(text).map_err(|e| bad(e.to_string()))
     } else {
-        serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?
-    };
-    if let Some(v) = opts.dry_run.iter().find(|v| *v != "All") {
-        return Err(ApiError::bad_request(format!(
-            "dryRun: Unsupported value: {v:?}: supported values: \"All\""
-        )));
+        serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))
     }
-    Ok(opts)
+}
+
+/// A body's `dryRun`: only `All` exists.
+pub(crate) fn check_dry_run(dry_run: &[String]) -> Result<(), ApiError> {
+    match dry_run.iter().find(|v| *v != "All") {
+        Some(v) => Err(ApiError::bad_request(format!(
+            "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Serves one subresource request for `user`.
@@ -212,12 +228,16 @@ pub async fn serve(
         )
             .into_response());
     }
+    if call.verb == Verb::Migrate {
+        crate::migrate::migrate(store, call, body).await?;
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
     let opts = options(body)?;
     match call.verb {
         Verb::Start => start(store, call, &opts).await?,
         Verb::Stop => stop(store, call, &opts).await?,
         Verb::Restart => restart(store, call, &opts).await?,
-        Verb::ExpandSpec | Verb::ExpandVmSpec => {}
+        Verb::Migrate | Verb::ExpandSpec | Verb::ExpandVmSpec => {}
     }
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -311,7 +331,7 @@ pub(crate) fn forbidden_subresource(
 }
 
 /// virt-api's `NewConflict(v1.Resource("virtualmachine"), name, err)`.
-fn conflict(name: &str, why: &str) -> ApiError {
+pub(crate) fn conflict(name: &str, why: &str) -> ApiError {
     kubevirt_conflict("virtualmachine", name, why)
 }
 
@@ -346,7 +366,7 @@ pub(crate) fn target(plural: &str, group: &str, ns: &str) -> Result<Target, ApiE
 }
 
 /// The VM, or virt-api's NotFound for it.
-async fn fetch_vm(store: &Store, call: &Call) -> Result<(Target, Value), ApiError> {
+pub(crate) async fn fetch_vm(store: &Store, call: &Call) -> Result<(Target, Value), ApiError> {
     let t = target("virtualmachines", "kubevirt.io", &call.namespace)?;
     match objects::get(store, &t, &call.name).await {
         Ok(vm) => Ok((t, vm)),
@@ -365,7 +385,10 @@ async fn fetch_vm(store: &Store, call: &Call) -> Result<(Target, Value), ApiErro
 }
 
 /// The VMI of the same name, if any.
-async fn fetch_vmi(store: &Store, call: &Call) -> Result<(Target, Option<Value>), ApiError> {
+pub(crate) async fn fetch_vmi(
+    store: &Store,
+    call: &Call,
+) -> Result<(Target, Option<Value>), ApiError> {
     let t = target("virtualmachineinstances", "kubevirt.io", &call.namespace)?;
     match objects::get(store, &t, &call.name).await {
         Ok(v) => Ok((t, Some(v))),
@@ -389,13 +412,13 @@ fn run_strategy(vm: &Value) -> Result<String, ApiError> {
     }
 }
 
-fn vmi_phase(vmi: &Value) -> &str {
+pub(crate) fn vmi_phase(vmi: &Value) -> &str {
     vmi.pointer("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
-fn is_final(vmi: &Value) -> bool {
+pub(crate) fn is_final(vmi: &Value) -> bool {
     matches!(vmi_phase(vmi), "Succeeded" | "Failed")
 }
 
@@ -750,6 +773,13 @@ mod tests {
             resource_list()["resources"][2]["name"],
             "virtualmachines/restart"
         );
+        assert_eq!(
+            resource_list()["resources"][3]["name"],
+            "virtualmachines/migrate"
+        );
+        let m = route("/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachines/x/migrate")
+            .unwrap();
+        assert_eq!(m.verb, Verb::Migrate);
     }
 
     #[test]
