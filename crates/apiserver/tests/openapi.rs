@@ -334,6 +334,17 @@ fn explain_finds_descriptions() {
     assert!(explain("apis/kubevirt.io/v1", vm, &["spec", "runStrategy"]).contains("Halted"));
     assert!(!explain("apis/kubevirt.io/v1", vm, &["spec", "template"]).is_empty());
     assert!(!explain("apis/kubevirt.io/v1", vm, &["metadata", "name"]).is_empty());
+    // Migrations are described from the api crate's types, down to the VMI's migrationState.
+    let vmims = "/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstancemigrations";
+    assert!(explain("apis/kubevirt.io/v1", vmims, &["spec", "vmiName"]).contains("VMI"));
+    assert!(
+        explain(
+            "apis/kubevirt.io/v1",
+            vmims,
+            &["status", "migrationState", "targetNodeAddress"]
+        )
+        .contains("migration stream")
+    );
     let pods = "/api/v1/namespaces/{namespace}/pods";
     assert!(explain("api/v1", pods, &["spec", "containers", "image"]).contains("image"));
     let leases = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases";

@@ -1,6 +1,7 @@
-//! The VM subresources (start, stop, restart) over HTTPS against the in-process API server, with
-//! no controller running: what each writes to the VM per run strategy, KubeVirt's conflicts,
-//! 404 for a missing VM, 403 for a read-only token, and the group in discovery.
+//! The VM subresources (start, stop, restart, migrate) over HTTPS against the in-process API
+//! server, with no controller running: what each writes per run strategy, KubeVirt's conflicts,
+//! 404 for a missing VM, 403 for a read-only token, and the group in discovery. VMI status is
+//! written directly to stand in for the controller and node (no QEMU here).
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 const SUB: &str = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines";
 const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 const VMIS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
+const VMIMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancemigrations";
 
 impl Server {
     /// One request with curl: (HTTP code, body).
@@ -78,6 +80,36 @@ impl Server {
 
     fn vm(&self, name: &str) -> Value {
         self.get(&format!("{VMS}/{name}"))
+    }
+
+    /// Replaces a VMI's status (it has no status subresource: a plain PUT).
+    fn set_vmi_status(&self, name: &str, status: Value) {
+        let mut vmi = self.get(&format!("{VMIS}/{name}"));
+        vmi["status"] = status;
+        let (code, body) = self.call(
+            Role::Admin,
+            "PUT",
+            &format!("{VMIS}/{name}"),
+            Some(&vmi.to_string()),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+
+    fn migrations(&self) -> Vec<Value> {
+        self.get(VMIMS)["items"].as_array().unwrap().clone()
+    }
+
+    /// Sets a migration's `status.phase` through its status subresource.
+    fn set_migration_phase(&self, name: &str, phase: &str) {
+        let mut m = self.get(&format!("{VMIMS}/{name}"));
+        m["status"] = json!({ "phase": phase });
+        let (code, body) = self.call(
+            Role::Admin,
+            "PUT",
+            &format!("{VMIMS}/{name}/status"),
+            Some(&m.to_string()),
+        );
+        assert_eq!(code, 200, "{body}");
     }
 }
 
@@ -303,4 +335,179 @@ fn expand_spec_returns_the_vm_or_says_why_not() {
     let (code, body) = s.call(Role::Admin, "PUT", expand, Some(&typed));
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("spec.instancetype"), "{body}");
+}
+
+#[test]
+fn migrate_checks_the_vmi_then_creates_a_migration() {
+    let s = Server::start();
+    s.create_vm("mig", "Manual");
+    let (code, body) = s.put("mig", "migrate", None);
+    assert_eq!(code, 404, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        st["message"],
+        "virtualmachineinstance.kubevirt.io \"mig\" not found"
+    );
+
+    s.create_vmi("mig", "Scheduling");
+    conflict(s.put("mig", "migrate", None), "VM is not running");
+
+    // The node agent's LiveMigratable=False is the reason given.
+    s.set_vmi_status(
+        "mig",
+        json!({"phase": "Running", "conditions": [{"type": "LiveMigratable", "status": "False",
+            "reason": "DisksNotLiveMigratable", "message": "cannot migrate VMI with non-shared HostDisk"}]}),
+    );
+    conflict(
+        s.put("mig", "migrate", None),
+        "Cannot migrate VMI, Reason: DisksNotLiveMigratable, Message: cannot migrate VMI with non-shared HostDisk",
+    );
+
+    s.set_vmi_status(
+        "mig",
+        json!({"phase": "Running", "conditions": [{"type": "LiveMigratable", "status": "True"}]}),
+    );
+    // Readers may not migrate; a bad body is a 400; a dry run stores nothing.
+    let (code, body) = s.call(Role::ReadOnly, "PUT", &format!("{SUB}/mig/migrate"), None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("cannot update resource \\\"virtualmachines/migrate\\\""),
+        "{body}"
+    );
+    let (code, body) = s.put("mig", "migrate", Some(r#"{"addedNodeSelector": 3}"#));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("Can not unmarshal Request body to struct"),
+        "{body}"
+    );
+    let (code, body) = s.put("mig", "migrate", Some(r#"{"dryRun":["All"]}"#));
+    assert_eq!((code, body.as_str()), (202, ""));
+    assert!(s.migrations().is_empty());
+
+    let (code, body) = s.put("mig", "migrate", Some("addedNodeSelector:\n  zone: b\n"));
+    assert_eq!((code, body.as_str()), (202, ""));
+    let items = s.migrations();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let m = &items[0];
+    let name = m["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("kubevirt-migrate-vm-"), "{name}");
+    assert_eq!(m["metadata"]["generateName"], "kubevirt-migrate-vm-");
+    assert_eq!(
+        m["metadata"]["labels"],
+        json!({"kubevirt.io/vmi-name": "mig"})
+    );
+    assert_eq!(
+        m["metadata"]["finalizers"],
+        json!(["kubevirt.io/migrationJobFinalize"])
+    );
+    assert_eq!(
+        m["spec"],
+        json!({"vmiName": "mig", "addedNodeSelector": {"zone": "b"}})
+    );
+    for field in ["uid", "resourceVersion", "creationTimestamp"] {
+        assert!(m["metadata"][field].is_string(), "{field}: {m}");
+    }
+
+    // One migration at a time: even before the controller gave it a phase.
+    let uid = m["metadata"]["uid"].as_str().unwrap();
+    conflict(
+        s.put("mig", "migrate", None),
+        &format!(
+            "in-flight migration detected. Active migration job ({uid}) is currently already in progress for VMI mig."
+        ),
+    );
+
+    // kubectl shows the migration's phase and VMI.
+    s.set_migration_phase(&name, "Running");
+    let table = s.ok(&["get", "vmim"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "VMI"], "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row, [name.as_str(), "Running", "mig"], "{table}");
+
+    // Once it is over, the VMI may move again.
+    s.set_migration_phase(&name, "Succeeded");
+    assert_eq!(s.put("mig", "migrate", None).0, 202);
+    assert_eq!(s.migrations().len(), 2);
+}
+
+#[test]
+fn creating_a_migration_runs_kubevirts_admission() {
+    let s = Server::start();
+    let vmim = |vmi: &str| {
+        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+               "metadata": {"name": format!("m-{vmi}")}, "spec": {"vmiName": vmi}})
+        .to_string()
+    };
+    let refused = |vmi: &str, code: u16, why: &str| {
+        let (got, body) = s.call(Role::Admin, "POST", VMIMS, Some(&vmim(vmi)));
+        assert_eq!(got, code, "{body}");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            st["message"],
+            format!(
+                "admission webhook \"migration-create-validator.kubevirt.io\" denied the request: {why}"
+            ),
+        );
+    };
+    refused("ghost", 422, "the VMI \"default/ghost\" does not exist");
+    s.create_vmi("done", "Succeeded");
+    refused("done", 422, "Cannot migrate VMI in finalized state.");
+    // No LiveMigratable condition yet: the spec is judged (a bridge on the pod network).
+    let bridged = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "bridged"},
+        "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]},
+                            "resources": {"requests": {"memory": "64Mi"}}},
+                 "networks": [{"name": "default", "pod": {}}]},
+        "status": {"phase": "Running"},
+    });
+    let (code, body) = s.call(Role::Admin, "POST", VMIS, Some(&bridged.to_string()));
+    assert_eq!(code, 201, "{body}");
+    refused(
+        "bridged",
+        422,
+        "Cannot migrate VMI, Reason: InterfaceNotLiveMigratable, Message: cannot migrate VMI which does not use masquerade or a migratable plugin to connect to the pod network",
+    );
+
+    // kubectl create -f: refused with the message, then accepted once the VMI exists; a
+    // server-side dry run stores nothing.
+    let file = s.dir.path().join("vmim.json");
+    std::fs::write(&file, vmim("vm1")).unwrap();
+    let file = file.to_str().unwrap();
+    let err = s.fails(&["create", "-f", file]);
+    assert!(
+        err.contains("the VMI \"default/vm1\" does not exist"),
+        "{err}"
+    );
+    s.create_vmi("vm1", "Scheduled");
+    s.ok(&["create", "-f", file, "--dry-run=server"]);
+    assert!(s.migrations().is_empty());
+    s.ok(&["create", "-f", file]);
+    let m = s.get(&format!("{VMIMS}/m-vm1"));
+    assert_eq!(m["metadata"]["labels"]["kubevirt.io/vmi-name"], "vm1");
+    assert_eq!(
+        m["metadata"]["finalizers"],
+        json!(["kubevirt.io/migrationJobFinalize"])
+    );
+    let uid = m["metadata"]["uid"].as_str().unwrap().to_string();
+    let second = vmim("vm1").replace("m-vm1", "m-vm1-again");
+    let (code, body) = s.call(Role::Admin, "POST", VMIMS, Some(&second));
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains(&format!(
+            "in-flight migration detected. Active migration job ({uid}) is currently already in progress for VMI vm1."
+        )),
+        "{body}"
+    );
+    // A missing vmiName is still the schema's 422.
+    let (code, body) = s.call(
+        Role::Admin,
+        "POST",
+        VMIMS,
+        Some(r#"{"metadata":{"name":"x"},"spec":{}}"#),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.vmiName"), "{body}");
 }
