@@ -7,6 +7,7 @@ mod expose;
 mod kubectl;
 mod launcher;
 mod manifest;
+mod migrate;
 mod remote;
 mod rename;
 mod run;
@@ -83,6 +84,11 @@ enum Command {
     Stop(verbs::StopArgs),
     /// Restart a VirtualMachine: a new VMI replaces the running one (like virtctl restart).
     Restart(verbs::RestartArgs),
+    /// Live-migrate a running VirtualMachine's VMI to another node (its `migrate` subresource,
+    /// like virtctl migrate).
+    Migrate(migrate::MigrateArgs),
+    /// Cancel a VirtualMachine's migration under way (like virtctl migrate-cancel).
+    MigrateCancel(migrate::MigrateCancelArgs),
     /// Pause a VM's or VMI's guest (its vCPUs stop; memory and devices stay).
     #[command(subcommand)]
     Pause(verbs::PauseTarget),
@@ -237,6 +243,8 @@ async fn dispatch(cmd: Command) -> Result<i32> {
         Command::Start(args) => verbs::start(args).await,
         Command::Stop(args) => verbs::stop(args).await,
         Command::Restart(args) => verbs::restart(args).await,
+        Command::Migrate(a) => migrate::migrate(a).await,
+        Command::MigrateCancel(a) => migrate::migrate_cancel(a).await,
         Command::Pause(t) => verbs::pause(t).await,
         Command::Unpause(t) => verbs::unpause(t).await,
         Command::SoftReboot(a) => verbs::soft_reboot(a).await,

@@ -94,7 +94,13 @@ async fn call(client: &ClientArgs, name: &str, verb: &str, body: Value) -> Resul
 }
 
 /// PUTs `body` to `/apis/subresources.kubevirt.io/v1/namespaces/NS/PLURAL/NAME/VERB`.
-async fn put(client: &ClientArgs, plural: &str, name: &str, verb: &str, body: Value) -> Result<()> {
+pub(crate) async fn put(
+    client: &ClientArgs,
+    plural: &str,
+    name: &str,
+    verb: &str,
+    body: Value,
+) -> Result<()> {
     let session = client::connect(client).await?;
     let path = format!(
         "/apis/subresources.kubevirt.io/v1/namespaces/{}/{plural}",
@@ -164,7 +170,7 @@ pub async fn guestosinfo(a: VmiArgs) -> Result<i32> {
 }
 
 /// Runs a verb; an error is one line on stderr and exit code 1.
-async fn run(work: impl Future<Output = Result<()>>) -> Result<i32> {
+pub(crate) async fn run(work: impl Future<Output = Result<()>>) -> Result<i32> {
     match work.await {
         Ok(()) => Ok(0),
         Err(e) => {
