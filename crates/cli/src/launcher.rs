@@ -52,6 +52,9 @@ pub struct LauncherArgs {
     /// launcher in its pod sandbox has no business talking to registries).
     #[arg(long)]
     images_pulled: bool,
+    /// This pod is a live migration's target: QEMU waits for the VM's state from the source.
+    #[arg(long)]
+    migration_target: bool,
 }
 
 /// Moves this process into each cgroup directory (QEMU, started later, inherits them).
@@ -287,6 +290,7 @@ pub async fn launcher(args: LauncherArgs) -> Result<i32> {
         } else {
             "None".into()
         },
+        incoming: args.migration_target,
     };
     let session = tokio::select! {
         s = Session::start(&vmi, net.nics.clone(), &opts) => s.with_context(|| format!("vm {shown}"))?,

@@ -110,6 +110,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         run_as: default_run_as(),
         sandbox: true,
         smbios_product: "None".into(),
+        incoming: false,
     };
     // Dropping an unfinished start kills its QEMU (kill_on_drop) and leaves nothing running.
     let session = tokio::select! {
@@ -168,6 +169,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
             1,
         ),
         ExitReason::Crashed { detail } => (format!("qemu failed: {detail}"), 1),
+        ExitReason::Migrated => ("it moved to another node".to_string(), 0),
     };
     eprintln!("vm {shown} stopped: {line}");
     Ok(code)

@@ -1228,7 +1228,11 @@ async fn monitor(
             VmState::Running => ("Running", true, false),
             VmState::Paused => ("Running", false, true),
             VmState::ShuttingDown => ("Running", false, false),
-            VmState::Starting | VmState::Exited { .. } => continue,
+            // A migration's target before it takes over, its source after: the VMI is told by
+            // the migration's own steps.
+            VmState::Starting | VmState::Incoming | VmState::Handover | VmState::Exited { .. } => {
+                continue;
+            }
         };
         // The VMI is ours once the controller has handed it over (Scheduled); write only changes.
         let Some(current) = current else {

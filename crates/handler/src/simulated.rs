@@ -95,6 +95,18 @@ impl SimVm {
                     None,
                 );
             }
+            Request::PrepareIncoming { .. }
+            | Request::Migrate { .. }
+            | Request::MigrationStatus
+            | Request::MigrateCancel
+            | Request::MigrateConfirm => {
+                return (
+                    Response::Error {
+                        message: "a simulated node does not migrate".into(),
+                    },
+                    None,
+                );
+            }
         }
         (Response::Ok, None)
     }

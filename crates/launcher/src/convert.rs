@@ -358,6 +358,7 @@ pub fn convert(
             vnc: graphics.then(|| host.run_dir.join("vnc.sock")),
         },
         start_paused: true,
+        incoming: false,
         rtc_base,
         sandbox: host.sandbox,
     })

@@ -5,6 +5,7 @@ pub mod console;
 pub mod convert;
 pub mod machine;
 pub mod metadata;
+pub mod migration;
 pub mod network;
 pub mod prepare;
 pub mod protocol;

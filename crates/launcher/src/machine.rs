@@ -134,6 +134,19 @@ pub struct Disk {
     pub serial: Option<String>,
 }
 
+impl Disk {
+    /// Whether the guest writes this disk (a local writable disk is copied during a migration).
+    pub fn writable(&self) -> bool {
+        !self.readonly && self.media != DiskMedia::Cdrom
+    }
+}
+
+/// The QEMU node name of the format layer of the disk at `index` (`-blockdev` node names are
+/// limited to 31 characters, so they derive from the position, not the name).
+pub fn disk_node(index: usize) -> String {
+    format!("drive-d{index}")
+}
+
 /// Where a NIC's packets go on the host side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetBackend {
@@ -228,6 +241,9 @@ pub struct Machine {
     pub sockets: Sockets,
     /// Start with vCPUs stopped (`-S`); the launcher sends `cont` once everything is attached.
     pub start_paused: bool,
+    /// Wait for an incoming migration (`-incoming defer`): the target of a live migration,
+    /// whose state arrives from the source once the launcher is told where to listen.
+    pub incoming: bool,
     /// Clock offset: `utc` or `localtime` and an optional fixed start.
     pub rtc_base: String,
     /// `-sandbox on` with QEMU's seccomp filter.

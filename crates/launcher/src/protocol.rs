@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::machine::Accel;
+use crate::migration::{Incoming, MigrateOptions, MigrationInfo};
 use crate::vm::{Vm, VmState};
 
 /// Bumped on any incompatible change.
@@ -57,6 +58,25 @@ pub enum Request {
     Screendump {
         path: PathBuf,
     },
+    /// A migration target: listen for the VM's state (answered with [`Response::Incoming`]).
+    #[serde(rename_all = "camelCase")]
+    PrepareIncoming {
+        #[serde(default)]
+        post_copy: bool,
+    },
+    /// A migration source: send the VM to the target's sockets (relayed here by the node
+    /// agent); answered at once, progress with [`Request::MigrationStatus`].
+    Migrate {
+        #[serde(flatten)]
+        to: Incoming,
+        options: MigrateOptions,
+    },
+    /// The outgoing migration's progress ([`Response::Migration`]).
+    MigrationStatus,
+    /// Cancel the outgoing migration, or resume here after one whose target failed.
+    MigrateCancel,
+    /// The target runs the VM: end this side.
+    MigrateConfirm,
 }
 
 /// A request on the wire.
@@ -80,6 +100,13 @@ pub enum Response {
     },
     Error {
         message: String,
+    },
+    Incoming {
+        #[serde(flatten)]
+        incoming: Incoming,
+    },
+    Migration {
+        info: MigrationInfo,
     },
 }
 
@@ -208,6 +235,37 @@ async fn handle(s: &Served, req: Request) -> Response {
         }
         Request::Kill => {
             vm.kill().await;
+            Ok(())
+        }
+        Request::PrepareIncoming { post_copy } => {
+            return match vm.prepare_incoming(post_copy).await {
+                Ok(incoming) => Response::Incoming { incoming },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            };
+        }
+        Request::Migrate { to, options } => vm.migrate(to, options).await,
+        Request::MigrationStatus => {
+            return match vm.migration_info() {
+                Some(info) => Response::Migration { info },
+                None => Response::Error {
+                    message: "no migration was started".into(),
+                },
+            };
+        }
+        Request::MigrateCancel => vm.cancel_migration().await,
+        Request::MigrateConfirm if vm.state() != VmState::Handover => Err(
+            crate::vm::VmError::Migration("no completed migration to confirm".into()),
+        ),
+        Request::MigrateConfirm => {
+            // Answer first: confirming ends the launcher.
+            let vm = vm.clone();
+            tokio::spawn(async move {
+                if let Err(e) = vm.confirm_migration().await {
+                    tracing::warn!(error = %e, "confirming the migration");
+                }
+            });
             Ok(())
         }
     };

@@ -106,6 +106,9 @@ pub fn render(m: &Machine) -> Vec<String> {
     if m.start_paused {
         a.push("-S");
     }
+    if m.incoming {
+        a.push2("-incoming", "defer");
+    }
     if m.sandbox {
         a.push2(
             "-sandbox",
@@ -212,7 +215,7 @@ fn controllers(a: &mut Argv, m: &Machine) {
 fn disk(a: &mut Argv, chipset: Chipset, index: usize, d: &Disk, sata_slot: &mut u32) {
     // QEMU node names are limited to 31 characters: derive them from the position, not the name.
     let file_node = format!("file-d{index}");
-    let fmt_node = format!("drive-d{index}");
+    let fmt_node = crate::machine::disk_node(index);
     let readonly = d.readonly || d.media == DiskMedia::Cdrom;
     let (direct, write_cache) = match d.cache {
         CacheMode::None => (true, true),

@@ -37,6 +37,8 @@ pub struct SessionOptions {
     pub run_as: Option<(u32, u32)>,
     pub sandbox: bool,
     pub smbios_product: String,
+    /// The target of a live migration: QEMU waits for the VM's state instead of booting it.
+    pub incoming: bool,
 }
 
 /// A session failure; one line naming what failed.
@@ -180,7 +182,8 @@ async fn start_locked(
         sandbox: opts.sandbox,
         smbios_product: opts.smbios_product.clone(),
     };
-    let machine = convert(vmi, &resolved, &host)?;
+    let mut machine = convert(vmi, &resolved, &host)?;
+    machine.incoming = opts.incoming;
     if let Some((uid, gid)) = opts.run_as {
         hand_over(qemu_dir, &machine, &resolved, uid, gid)?;
     }

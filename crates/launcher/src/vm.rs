@@ -27,7 +27,15 @@ pub enum VmState {
     Running,
     Paused,
     ShuttingDown,
-    Exited { reason: ExitReason },
+    /// A migration target waiting for the VM's state (QEMU `-incoming`); it runs once the state
+    /// has arrived.
+    Incoming,
+    /// A migration source whose state has been sent: paused here, running on the target. It
+    /// ends once the target is confirmed, or runs again here if the target fails.
+    Handover,
+    Exited {
+        reason: ExitReason,
+    },
 }
 
 /// Why QEMU ended. KubeVirt maps a guest-initiated or requested shutdown to `Succeeded`, anything
@@ -45,11 +53,16 @@ pub enum ExitReason {
     HostShutdown,
     /// QEMU died on its own.
     Crashed { detail: String },
+    /// The VM moved to another node (a migration source, ended once the target ran).
+    Migrated,
 }
 
 impl ExitReason {
     pub fn succeeded(&self) -> bool {
-        matches!(self, ExitReason::GuestShutdown | ExitReason::HostShutdown)
+        matches!(
+            self,
+            ExitReason::GuestShutdown | ExitReason::HostShutdown | ExitReason::Migrated
+        )
     }
 }
 
@@ -95,6 +108,8 @@ pub enum VmError {
         path: String,
         source: std::io::Error,
     },
+    #[error("migration: {0}")]
+    Migration(String),
 }
 
 /// How long a soft reboot waits for the guest to shut down before the request lapses.
@@ -102,10 +117,10 @@ pub const SOFT_REBOOT_WINDOW: Duration = Duration::from_secs(300);
 
 /// A running VM.
 pub struct Vm {
-    qmp: Qmp,
+    pub(crate) qmp: Qmp,
     console: Console,
     state: watch::Receiver<VmState>,
-    state_tx: Arc<watch::Sender<VmState>>,
+    pub(crate) state_tx: Arc<watch::Sender<VmState>>,
     soft_reboot: Arc<AtomicBool>,
     /// Counts soft reboots, so a window that ends disarms only its own.
     soft_reboot_epoch: Arc<AtomicU64>,
@@ -114,8 +129,12 @@ pub struct Vm {
     kill_tx: mpsc::Sender<()>,
     pid: Option<u32>,
     /// A directory QEMU may write to (its sockets' directory), for screendumps.
-    scratch: PathBuf,
+    pub(crate) scratch: PathBuf,
     screendumps: AtomicU64,
+    /// The QEMU node names of the disks the guest writes (copied during a migration).
+    pub(crate) writable_nodes: Vec<String>,
+    /// The migration this VM is the source of, if any (see [`crate::migration`]).
+    pub(crate) migration: Arc<crate::migration::Outgoing>,
 }
 
 impl Vm {
@@ -204,6 +223,14 @@ impl Vm {
             pid,
             scratch,
             screendumps: AtomicU64::new(0),
+            writable_nodes: m
+                .disks
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.writable())
+                .map(|(i, _)| crate::machine::disk_node(i))
+                .collect(),
+            migration: Arc::default(),
         };
         vm.watch_events();
         vm.watch_exit(child, kill_rx, stderr_path);
@@ -211,7 +238,10 @@ impl Vm {
             for nic in machine.nics.iter().filter(|n| !n.link_up) {
                 vm.qmp.set_link(&format!("ua-{}", nic.name), false).await?;
             }
-            if opts.paused {
+            if machine.incoming {
+                // Its vCPUs start once the migrated state has arrived.
+                vm.set_state(VmState::Incoming);
+            } else if opts.paused {
                 vm.set_state(VmState::Paused);
             } else {
                 vm.qmp.cont().await?;
@@ -245,7 +275,7 @@ impl Vm {
     }
 
     /// Publishes a state; `Exited` is final and never replaced.
-    fn set_state(&self, to: VmState) {
+    pub(crate) fn set_state(&self, to: VmState) {
         set(&self.state_tx, to);
     }
 
@@ -339,6 +369,19 @@ impl Vm {
         })
     }
 
+    /// Runs a human monitor command (diagnostics: `info migrate`, `qemu-io`, …) and returns
+    /// its output.
+    pub async fn hmp(&self, command: &str) -> Result<String, VmError> {
+        let out = self
+            .qmp
+            .execute(
+                "human-monitor-command",
+                Some(json!({ "command-line": command })),
+            )
+            .await?;
+        Ok(out.as_str().unwrap_or_default().to_string())
+    }
+
     /// Presses the ACPI power button and waits up to `grace` for the guest to power off; then
     /// kills QEMU. Returns how it ended.
     pub async fn shutdown(&self, grace: Duration) -> ExitReason {
@@ -366,7 +409,7 @@ impl Vm {
         self.kill_because(ExitReason::Killed).await
     }
 
-    async fn kill_because(&self, reason: ExitReason) -> ExitReason {
+    pub(crate) async fn kill_because(&self, reason: ExitReason) -> ExitReason {
         if let Some(done) = self.exited() {
             return done;
         }
@@ -407,6 +450,7 @@ impl Vm {
         let state = self.state_tx.clone();
         let soft_reboot = self.soft_reboot.clone();
         let qmp = self.qmp.clone();
+        let migration = self.migration.clone();
         tokio::spawn(async move {
             loop {
                 let ev = tokio::select! {
@@ -434,8 +478,14 @@ impl Vm {
                             }
                         });
                     }
+                    // A migration's last step stops the source: that is no pause.
+                    "STOP" if migration.is_active() => {}
                     "STOP" => transition(&state, VmState::Running, VmState::Paused),
-                    "RESUME" => transition(&state, VmState::Paused, VmState::Running),
+                    "RESUME" => {
+                        for from in [VmState::Paused, VmState::Incoming, VmState::Handover] {
+                            transition(&state, from, VmState::Running);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -482,7 +532,7 @@ impl Vm {
 }
 
 /// Publishes a state unless the VM has already exited (`Exited` is final).
-fn set(state: &watch::Sender<VmState>, to: VmState) {
+pub(crate) fn set(state: &watch::Sender<VmState>, to: VmState) {
     state.send_if_modified(|s| {
         if matches!(s, VmState::Exited { .. }) || *s == to {
             return false;
@@ -522,7 +572,7 @@ async fn explain(mut child: Child, stderr_path: &Path, err: VmError) -> VmError 
     }
 }
 
-fn transition(state: &watch::Sender<VmState>, from: VmState, to: VmState) {
+pub(crate) fn transition(state: &watch::Sender<VmState>, from: VmState, to: VmState) {
     state.send_if_modified(|s| {
         let change = *s == from;
         if change {
