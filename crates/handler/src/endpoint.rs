@@ -86,9 +86,9 @@ impl Drop for Endpoint {
     }
 }
 
-/// The endpoint's key and self-signed certificate: kept in `STATE/handler/` so the published
-/// hash stays valid across restarts.
-fn identity(dir: &Path) -> Result<(String, String), EndpointError> {
+/// The endpoint's key and self-signed certificate (PEM): kept in `STATE/handler/` so the
+/// published hash stays valid across restarts. Migrations between nodes use it too.
+pub fn identity(dir: &Path) -> Result<(String, String), EndpointError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let crt = dir.join("tls.crt");
     let key = dir.join("tls.key");

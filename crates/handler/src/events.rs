@@ -27,6 +27,12 @@ pub enum VmiEvent {
     Crashed,
     /// Starting its launcher failed (the message says why).
     SyncFailed(String),
+    /// A migration of it started or is being aborted (the message says which).
+    Migrating(String),
+    /// This node listens for its migration.
+    PreparingTarget(String),
+    /// It arrived here (`Ok`), or its migration failed (`Err`, why).
+    Migrated(Result<String, String>),
 }
 
 impl VmiEvent {
@@ -40,6 +46,9 @@ impl VmiEvent {
             VmiEvent::ShuttingDown => "ShuttingDown",
             VmiEvent::Stopped | VmiEvent::Crashed => "Stopped",
             VmiEvent::SyncFailed(_) => "SyncFailed",
+            VmiEvent::Migrating(_) => "Migrating",
+            VmiEvent::PreparingTarget(_) => "PreparingTarget",
+            VmiEvent::Migrated(_) => "Migrated",
         }
     }
 
@@ -54,11 +63,16 @@ impl VmiEvent {
             VmiEvent::Stopped => "The VirtualMachineInstance was shut down.".into(),
             VmiEvent::Crashed => "The VirtualMachineInstance crashed.".into(),
             VmiEvent::SyncFailed(why) => why.clone(),
+            VmiEvent::Migrating(m) | VmiEvent::PreparingTarget(m) => m.clone(),
+            VmiEvent::Migrated(Ok(m) | Err(m)) => m.clone(),
         }
     }
 
     pub fn warning(&self) -> bool {
-        matches!(self, VmiEvent::Crashed | VmiEvent::SyncFailed(_))
+        matches!(
+            self,
+            VmiEvent::Crashed | VmiEvent::SyncFailed(_) | VmiEvent::Migrated(Err(_))
+        )
     }
 }
 

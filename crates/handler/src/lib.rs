@@ -6,6 +6,7 @@ pub mod addresses;
 pub mod endpoint;
 pub mod images;
 pub mod join;
+pub mod migration;
 pub mod node;
 pub mod nodevmis;
 pub mod pods;

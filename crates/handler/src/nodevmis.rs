@@ -1,5 +1,7 @@
-//! The node's VMIs as one watch has them, and a wake-up per VMI for the monitors that follow
-//! them: a monitor sleeps until its VMI or its launcher changes, not on a timer.
+//! The node's VMIs as watches have them — those running here (`status.nodeName`) and those
+//! migrating here (label `kubevirt.io/migrationTargetNodeName`) — and a wake-up per VMI for the
+//! monitors that follow them: a monitor sleeps until its VMI or its launcher changes, not on a
+//! timer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,12 +37,17 @@ impl Wakers {
     }
 }
 
-/// The node's VMIs (a cache kept by a watch) and their wake-ups.
+/// The node's VMIs (caches kept by watches) and their wake-ups.
 #[derive(Clone)]
 pub struct NodeVmis {
     store: Store<VirtualMachineInstance>,
+    /// VMIs migrating to this node.
+    incoming: Option<Store<VirtualMachineInstance>>,
     wakers: Wakers,
 }
+
+/// The label the migration controller puts on a VMI for the node it is migrating to.
+pub const MIGRATION_TARGET_LABEL: &str = "kubevirt.io/migrationTargetNodeName";
 
 /// A monitor's hold on one VMI's changes; let go when dropped.
 pub struct Following {
@@ -74,36 +81,49 @@ impl Drop for Following {
 }
 
 impl NodeVmis {
-    /// Starts watching the VMIs on `node`; the returned task keeps the cache until aborted.
+    /// Starts watching the VMIs on `node` and those migrating to it; the returned task keeps
+    /// the caches until aborted.
     pub fn watch(client: &kube::Client, node: &str) -> (NodeVmis, tokio::task::JoinHandle<()>) {
-        let (store, writer) = reflector::store::<VirtualMachineInstance>();
         let wakers = Wakers::default();
-        let wake = wakers.clone();
-        // The wake-ups go out after the cache has the change.
-        let task = reflector(
-            writer,
-            watcher(
-                Api::<VirtualMachineInstance>::all(client.clone()),
-                watcher::Config::default().fields(&format!("status.nodeName={node}")),
-            ),
-        )
-        .default_backoff()
-        .for_each(move |ev| {
-            match ev {
-                Ok(watcher::Event::Apply(v) | watcher::Event::Delete(v)) => {
-                    wake.wake(&ObjectRef::from_obj(&v));
-                }
-                Ok(watcher::Event::InitDone) => wake.wake_all(),
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
-            }
-            std::future::ready(())
+        let (store, here) = cache(
+            client,
+            watcher::Config::default().fields(&format!("status.nodeName={node}")),
+            wakers.clone(),
+        );
+        let (incoming, arriving) = cache(
+            client,
+            watcher::Config::default().labels(&format!("{MIGRATION_TARGET_LABEL}={node}")),
+            wakers.clone(),
+        );
+        let task = tokio::spawn(async move {
+            tokio::join!(here, arriving);
         });
-        (NodeVmis { store, wakers }, tokio::spawn(task))
+        (
+            NodeVmis {
+                store,
+                incoming: Some(incoming),
+                wakers,
+            },
+            task,
+        )
     }
 
-    /// The cached VMI `ns/name`.
+    /// The cached VMI `ns/name` (the newer copy when both watches have it).
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<VirtualMachineInstance>> {
-        self.store.get(&ObjectRef::new(name).within(ns))
+        let key = ObjectRef::new(name).within(ns);
+        let here = self.store.get(&key);
+        let arriving = self.incoming.as_ref().and_then(|s| s.get(&key));
+        let rv = |v: &VirtualMachineInstance| {
+            v.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|r| r.parse::<u64>().ok())
+        };
+        match (here, arriving) {
+            (Some(h), Some(a)) if rv(&a) > rv(&h) => Some(a),
+            (Some(h), _) => Some(h),
+            (None, a) => a,
+        }
     }
 
     /// Follows the changes of VMI `ns/name`.
@@ -125,6 +145,34 @@ impl NodeVmis {
     }
 }
 
+/// A VMI cache kept by one watch; each change wakes that VMI's followers once the cache has it.
+fn cache(
+    client: &kube::Client,
+    config: watcher::Config,
+    wake: Wakers,
+) -> (
+    Store<VirtualMachineInstance>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (store, writer) = reflector::store::<VirtualMachineInstance>();
+    let task = reflector(
+        writer,
+        watcher(Api::<VirtualMachineInstance>::all(client.clone()), config),
+    )
+    .default_backoff()
+    .for_each(move |ev| {
+        match ev {
+            Ok(watcher::Event::Apply(v) | watcher::Event::Delete(v)) => {
+                wake.wake(&ObjectRef::from_obj(&v));
+            }
+            Ok(watcher::Event::InitDone) => wake.wake_all(),
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
+        }
+        std::future::ready(())
+    });
+    (store, task)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -137,6 +185,7 @@ mod tests {
         let (store, _writer) = reflector::store::<VirtualMachineInstance>();
         let vmis = NodeVmis {
             store,
+            incoming: None,
             wakers: Wakers::default(),
         };
         let a = vmis.follow("ns", "a");

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::addresses;
+use crate::migration;
 use crate::nodevmis::NodeVmis;
 use crate::sandbox::cgroup::Limits;
 use crate::sandbox::ipam::{Cidr, Ipam};
@@ -296,6 +297,19 @@ async fn collect_sandboxes(
 /// Runs launcher pods for this node until the watch ends.
 pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     let net = pod_network(&client, &cfg).await;
+    // Live migrations to and from this node (a simulated node does not migrate).
+    let agent = match cfg.runtime {
+        Runtime::Launcher => {
+            match migration::Agent::new(client.clone(), &cfg.node, net.host_ip, &cfg.state_dir) {
+                Ok(a) => Some(Arc::new(a)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "this node cannot take part in migrations");
+                    None
+                }
+            }
+        }
+        Runtime::Simulated => None,
+    };
     let pods: Api<Pod> = Api::all(client.clone());
     let wc = watcher::Config::default()
         .fields(&format!("spec.nodeName={}", cfg.node))
@@ -334,10 +348,13 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
                 {
                     let (client, cfg, net) = (client.clone(), cfg.clone(), net.clone());
                     let vmis = vmi_cache.clone();
+                    let agent = agent.clone();
                     let (launchers, starting, went) =
                         (launchers.clone(), starting.clone(), went.clone());
                     tokio::spawn(async move {
-                        match start(&client, &cfg, &net, &pod, &vmis, launchers.clone()).await {
+                        match start(&client, &cfg, &net, &pod, &vmis, agent, launchers.clone())
+                            .await
+                        {
                             Ok(l) => {
                                 launchers.lock().await.insert(uid.clone(), l);
                             }
@@ -521,6 +538,7 @@ async fn start(
     net: &PodNet,
     pod: &Pod,
     vmis: &NodeVmis,
+    agent: Option<Arc<migration::Agent>>,
     launchers: Launchers,
 ) -> Result<Launcher, Error> {
     let ns = pod
@@ -545,6 +563,13 @@ async fn start(
         .cloned()
         .ok_or_else(|| Error::Pod(format!("pod {ns}/{pod_name} names no VMI uid")))?;
     let vm_dir = vm_dir(&cfg.state_dir, &ns, &vmi, &vmi_uid);
+    // A live migration's target pod: its launcher waits for the VM's state.
+    let target_of = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(kuvirt_api::v1::MIGRATION_JOB_LABEL))
+        .cloned();
     // A launcher that outlived an earlier handler (VMs survive handler restarts) is adopted, not
     // started again.
     if call(&vm_dir.join("launcher.sock"), Request::Status)
@@ -588,6 +613,8 @@ async fn start(
                 uid,
                 vm_dir: vm_dir.clone(),
                 vmis: vmis.clone(),
+                agent,
+                target_of,
             },
             None,
             PodSandbox {
@@ -662,14 +689,20 @@ async fn start(
             e
         }
     };
-    addresses::record(client, &ns, &vmi_obj, ip).await;
+    // A migration target's address is not the VM's until it takes over.
+    if target_of.is_none() {
+        addresses::record(client, &ns, &vmi_obj, ip).await;
+    }
     let proxy = match sb.as_ref().map(|sb| api_forwarder(net, sb)).transpose() {
         Ok(p) => p.flatten(),
         Err(e) => return Err(undo(e).await),
     };
     // The launcher: `kuvirt launcher` in the pod's sandbox, or a simulated node's stand-in.
     let launched = match &sb {
-        Some(sb) => spawn_launcher(cfg, sb, &ns, &vmi, &vmi_uid, &vm_dir, log).map(Some),
+        Some(sb) => {
+            let target = target_of.is_some();
+            spawn_launcher(cfg, sb, &ns, &vmi, &vmi_uid, &vm_dir, target, log).map(Some)
+        }
         None => crate::simulated::serve(&vm_dir, crate::simulated::starts_paused(&vmi_obj))
             .map(|_| None)
             .map_err(|e| Error::Pod(format!("simulated launcher in {}: {e}", vm_dir.display()))),
@@ -727,6 +760,8 @@ async fn start(
             uid,
             vm_dir: vm_dir.clone(),
             vmis: vmis.clone(),
+            agent,
+            target_of,
         },
         child,
         PodSandbox {
@@ -750,6 +785,7 @@ async fn start(
 /// Starts `kuvirt launcher` for a pod in its sandbox: `ip netns exec` execs it (same pid) in the
 /// pod's namespace, with the pod's resolv.conf mounted over /etc/resolv.conf; its output goes to
 /// `log`.
+#[allow(clippy::too_many_arguments)]
 fn spawn_launcher(
     cfg: &RunnerConfig,
     sb: &Sandbox,
@@ -757,6 +793,7 @@ fn spawn_launcher(
     vmi: &str,
     vmi_uid: &str,
     vm_dir: &std::path::Path,
+    migration_target: bool,
     log: std::fs::File,
 ) -> Result<tokio::process::Child, Error> {
     let log2 = log.try_clone().map_err(|e| Error::Pod(e.to_string()))?;
@@ -782,6 +819,7 @@ fn spawn_launcher(
         .arg("--state-dir")
         .arg(&cfg.state_dir)
         .arg("--images-pulled")
+        .args(migration_target.then_some("--migration-target"))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -903,10 +941,14 @@ pub fn vm_dir(state_dir: &std::path::Path, ns: &str, vmi: &str, vmi_uid: &str) -
 
 /// How an adopted launcher's VM ended, from the file the launcher writes before it exits.
 fn adopted_outcome(vm_dir: &std::path::Path) -> bool {
+    exit_reason(vm_dir).is_some_and(|r| r.succeeded())
+}
+
+/// Why the launcher's VM ended, as the launcher wrote it before exiting.
+fn exit_reason(vm_dir: &std::path::Path) -> Option<kuvirt_launcher::vm::ExitReason> {
     std::fs::read(vm_dir.join("exit.json"))
         .ok()
-        .and_then(|b| serde_json::from_slice::<kuvirt_launcher::vm::ExitReason>(&b).ok())
-        .is_some_and(|r| r.succeeded())
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// The newer of two copies of one object, by resourceVersion (the watch's copy when they cannot
@@ -1009,6 +1051,10 @@ struct Watched {
     vm_dir: PathBuf,
     /// The node's VMIs as the agent's watch has them.
     vmis: NodeVmis,
+    /// This node's part in live migrations (none on a simulated node).
+    agent: Option<Arc<migration::Agent>>,
+    /// The migration this pod is the target of.
+    target_of: Option<String>,
 }
 
 /// What a monitor removes once its launcher has exited.
@@ -1118,7 +1164,18 @@ async fn monitor(
         uid,
         vm_dir,
         vmis: cache,
+        agent,
+        target_of,
     } = w;
+    let role = migration::Role {
+        ns: ns.clone(),
+        vmi_name: vmi_name.clone(),
+        pod_name: pod_name.clone(),
+        pod_uid: uid.clone(),
+        vm_dir: vm_dir.clone(),
+        target_of,
+    };
+    let mut migrations = migration::Tracker::default();
     let pod_ip = sandbox.ip;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -1221,6 +1278,13 @@ async fn monitor(
                 }
             }
         }
+        // A migration's next step on this node, if its state asks for one.
+        if let (Some(agent), Some(v)) = (&agent, current.as_ref()) {
+            let interfaces = pod_ip.map_or_else(|| json!([]), |ip| json!(pod_interfaces(v, ip)));
+            migrations
+                .step(agent, &role, v, state.as_ref(), interfaces)
+                .await;
+        }
         let Some(state) = &state else {
             continue;
         };
@@ -1238,6 +1302,16 @@ async fn monitor(
         let Some(current) = current else {
             continue;
         };
+        // Only the node the VMI runs on reports it (a migration's target reports once it has
+        // taken the VMI over).
+        let runs_here = current
+            .status
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(|n| n == node);
+        if !runs_here {
+            continue;
+        }
         let interfaces = pod_ip
             .map(|ip| pod_interfaces(&current, ip))
             .unwrap_or_default();
@@ -1337,10 +1411,22 @@ async fn monitor(
             json!([{"type": "Ready", "status": "False", "lastProbeTime": null, "lastTransitionTime": t}])
         }
     };
-    let ours = vmis
+    // A VM that moved away is the target's now; a migration target that never took over
+    // leaves the VMI to its source.
+    let migrated = exit_reason(&vm_dir) == Some(kuvirt_launcher::vm::ExitReason::Migrated);
+    let now = vmis
         .get(&vmi_name)
         .await
-        .is_ok_and(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
+        .ok()
+        .filter(|v| v.metadata.uid.as_deref() == Some(vmi_uid.as_str()));
+    let elsewhere = migrated
+        || now.as_ref().is_some_and(|v| {
+            v.status
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| n != node)
+        });
+    let ours = now.is_some() && !elsewhere;
     // The event names the VMI as it ended (a VMI deleted meanwhile by uid only).
     let mut ended = Involved {
         namespace: ns.clone(),
@@ -1366,7 +1452,9 @@ async fn monitor(
     } else {
         VmiEvent::Crashed
     };
-    record(&client, &node, &ended, what).await;
+    if !elsewhere {
+        record(&client, &node, &ended, what).await;
+    }
     let _ = pods
         .patch_status(
             &pod_name,
