@@ -109,7 +109,11 @@ pub async fn run(
     let placement = opts.schedule.then(|| {
         let nodes: Store<Node> = cache(&client, &mut caches);
         let namespaces: Store<Namespace> = cache(&client, &mut caches);
-        placement::Placement::new(nodes, namespaces, opts.memory_overcommit)
+        Arc::new(placement::Placement::new(
+            nodes,
+            namespaces,
+            opts.memory_overcommit,
+        ))
     });
     let vmi_ctx = Arc::new(vmi::Context::new(
         client,

@@ -54,6 +54,15 @@ fn phase(vmi: &VirtualMachineInstance) -> Option<&VirtualMachineInstancePhase> {
     vmi.status.as_ref().and_then(|s| s.phase.as_ref())
 }
 
+/// A migration of the VMI is copying it: the source node reported its start and not yet its
+/// end (KubeVirt's `IsMigrating`; it ranks below Terminating and Stopping, above Paused).
+fn migrating(vmi: &VirtualMachineInstance) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_state.as_ref())
+        .is_some_and(|m| m.start_timestamp.is_some() && m.end_timestamp.is_none())
+}
+
 fn vmi_condition(vmi: &VirtualMachineInstance, t: &VirtualMachineInstanceConditionType) -> bool {
     vmi.status
         .as_ref()
@@ -293,6 +302,7 @@ pub fn plan_at(vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>, now: T
         match vmi.map(|v| (v, phase(v))) {
             None if action == VmiAction::Start => VirtualMachinePrintableStatus::Starting,
             None => VirtualMachinePrintableStatus::Stopped,
+            Some((v, _)) if migrating(v) => VirtualMachinePrintableStatus::Migrating,
             Some((v, _)) if unschedulable(v) => VirtualMachinePrintableStatus::ErrorUnschedulable,
             Some((_, Some(VirtualMachineInstancePhase::Running))) if paused => {
                 VirtualMachinePrintableStatus::Paused
@@ -577,6 +587,30 @@ mod tests {
                 uid: "vmi-uid".into()
             }
         );
+    }
+
+    #[test]
+    fn migrating_while_the_copy_runs() {
+        let mut v = vmi(VirtualMachineInstancePhase::Running, true);
+        let state = |s: serde_json::Value| {
+            Some(
+                serde_json::from_value::<kuvirt_api::v1::VirtualMachineInstanceMigrationState>(s)
+                    .unwrap(),
+            )
+        };
+        let printable =
+            |v: &VirtualMachineInstance| plan(&vm("Always"), Some(v)).status.printable_status;
+        v.status.as_mut().unwrap().migration_state = state(json!({"migrationUid": "m"}));
+        assert_eq!(printable(&v), Some(VirtualMachinePrintableStatus::Running));
+        v.status.as_mut().unwrap().migration_state =
+            state(json!({"migrationUid": "m", "startTimestamp": "2026-01-01T00:00:00Z"}));
+        assert_eq!(
+            printable(&v),
+            Some(VirtualMachinePrintableStatus::Migrating)
+        );
+        v.status.as_mut().unwrap().migration_state = state(json!({"migrationUid": "m",
+            "startTimestamp": "2026-01-01T00:00:00Z", "endTimestamp": "2026-01-01T00:01:00Z"}));
+        assert_eq!(printable(&v), Some(VirtualMachinePrintableStatus::Running));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The VirtualMachineInstance controller: renders the launcher pod for a new VMI, places it
 //! (embedded mode schedules itself; a cluster has kube-scheduler), and moves the VMI through
 //! Pending → Scheduling → Scheduled, handing it to the node agent once its pod runs. A launcher pod
-//! that vanishes or fails fails its VMI.
+//! that vanishes or fails fails its VMI. Only the VMI's current pod counts ([`current_pod`]): a
+//! migration's target pod is the migration controller's until the VMI moves to its node, and the
+//! pods a migration leaves behind (the old source, failed targets) are deleted once they end.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::VirtualMachineInstancePhase as Phase;
+use kuvirt_api::v1::{MIGRATION_JOB_LABEL, VirtualMachineInstanceMigrationState};
 use serde_json::json;
 
 use crate::Error;
@@ -34,8 +37,9 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// The same watch's pods by VMI, and what they request of each node.
     pub index: PodIndex,
-    /// Bind pods to nodes ourselves (embedded mode: there is no kube-scheduler).
-    pub placement: Option<Placement>,
+    /// Bind pods to nodes ourselves (embedded mode: there is no kube-scheduler); shared with
+    /// the migration controller, which binds target pods with it.
+    pub placement: Option<Arc<Placement>>,
     /// VMIs whose launcher pod was created but is not in the pod cache yet, by VMI UID, with
     /// when (KubeVirt's controller expectations): a lagging cache must not make a second pod.
     created: Mutex<HashMap<String, Instant>>,
@@ -47,7 +51,7 @@ impl Context {
         launcher_image: String,
         pods: Store<Pod>,
         index: PodIndex,
-        placement: Option<Placement>,
+        placement: Option<Arc<Placement>>,
     ) -> Self {
         Context {
             client,
@@ -60,7 +64,7 @@ impl Context {
     }
 
     /// The cached launcher pods of the VMI with `uid` in `ns`.
-    fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
+    pub fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
         self.index
             .owned_by(uid)
             .iter()
@@ -107,6 +111,85 @@ pub const FINALIZER: &str = "foregroundDeleteVirtualMachine";
 fn phase(vmi: &VirtualMachineInstance) -> Option<&Phase> {
     vmi.status.as_ref().and_then(|s| s.phase.as_ref())
 }
+
+fn pod_node(p: &Pod) -> Option<&str> {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// The pod ended (Succeeded or Failed).
+pub fn pod_final(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A pod created as a migration's target (it carries the migration's UID).
+pub fn is_migration_target(p: &Pod) -> bool {
+    p.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(MIGRATION_JOB_LABEL))
+}
+
+fn migration_state(vmi: &VirtualMachineInstance) -> Option<&VirtualMachineInstanceMigrationState> {
+    vmi.status.as_ref().and_then(|s| s.migration_state.as_ref())
+}
+
+/// The VMI's current launcher pod among its pods: once the VMI has a node, its pod on that node
+/// (a live one before an ended one; a migration moves the node to the target's); before that,
+/// its pod that is no migration's target.
+pub fn current_pod<'a>(vmi: &VirtualMachineInstance, pods: &'a [Arc<Pod>]) -> Option<&'a Arc<Pod>> {
+    match vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) {
+        Some(node) => pods
+            .iter()
+            .filter(|p| pod_node(p) == Some(node))
+            .min_by_key(|p| (pod_final(p), p.metadata.deletion_timestamp.is_some())),
+        None => pods.iter().find(|p| !is_migration_target(p)),
+    }
+}
+
+/// The ended pods of the VMI that are neither its current pod nor the target of the migration
+/// under way (the source a migration moved away from, targets of failed migrations): they go.
+pub fn leftover_pods(
+    vmi: &VirtualMachineInstance,
+    pods: &[Arc<Pod>],
+    current: Option<&Arc<Pod>>,
+) -> Vec<Arc<Pod>> {
+    let target = migration_state(vmi)
+        .filter(|m| !m.is_over())
+        .and_then(|m| m.target_pod.as_deref());
+    pods.iter()
+        .filter(|p| current.is_none_or(|c| !Arc::ptr_eq(c, p)))
+        .filter(|p| pod_final(p) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| target.is_none_or(|t| p.metadata.name.as_deref() != Some(t)))
+        .cloned()
+        .collect()
+}
+
+/// The current pod is the source of a migration that has succeeded but whose target has not
+/// taken the VMI over yet (its node agent moves `status.nodeName`): the source's launcher
+/// ending then says nothing about the VM. Waited for at most [`HANDOVER_WAIT`] after the end.
+fn handing_over(vmi: &VirtualMachineInstance, current: &Pod) -> bool {
+    let Some(m) = migration_state(vmi) else {
+        return false;
+    };
+    let node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
+    let recent = m.end_timestamp.as_ref().is_none_or(|end| {
+        let since = k8s_openapi::jiff::Timestamp::now().duration_since(end.0);
+        Duration::try_from(since).unwrap_or_default() < HANDOVER_WAIT
+    });
+    m.completed == Some(true)
+        && m.failed != Some(true)
+        && m.source_pod.is_some()
+        && m.source_pod == current.metadata.name
+        && m.target_node.is_some()
+        && m.target_node.as_deref() != node
+        && recent
+}
+
+/// How long a succeeded migration's target may take to take its VMI over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(60);
 
 async fn set_status(
     api: &Api<VirtualMachineInstance>,
@@ -160,13 +243,7 @@ pub async fn reconcile(
         // its launcher exited), or the VMI never got a node. A node agent that stays silent
         // past the grace period and a minute is taken as gone (the node controller fails the
         // VMIs of lost nodes sooner).
-        let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-        let pod_final = |p: &Pod| {
-            matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        };
+        let bound = |p: &Pod| pod_node(p).is_some();
         let live = mine.iter().any(|p| bound(p) && !pod_final(p));
         let handed_over = matches!(phase(&vmi), Some(Phase::Scheduled | Phase::Running));
         let ended = !mine.is_empty() && mine.iter().all(|p| bound(p) && pod_final(p));
@@ -222,7 +299,9 @@ pub async fn reconcile(
         // The write is an event of its own: decide again from it.
         return Ok(Action::await_change());
     }
-    let Some(pod) = mine.first() else {
+    let current = current_pod(&vmi, &mine);
+    delete_pods(&pods, &leftover_pods(&vmi, &mine, current)).await;
+    let Some(pod) = current else {
         return match phase(&vmi) {
             None | Some(Phase::Pending) => {
                 let rendered = match render(&vmi, &ctx.launcher_image) {
@@ -272,7 +351,8 @@ pub async fn reconcile(
                 let listed = pods
                     .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
                     .await?;
-                if !listed.items.is_empty() {
+                let listed: Vec<Arc<Pod>> = listed.items.into_iter().map(Arc::new).collect();
+                if current_pod(&vmi, &listed).is_some() {
                     return Ok(Action::requeue(Duration::from_secs(2)));
                 }
                 set_status(
@@ -338,6 +418,11 @@ pub async fn reconcile(
             )
             .await?;
             Ok(Action::await_change())
+        }
+        // A migration's source ended after handing the VM over; the target's agent has yet to
+        // move the VMI to its node.
+        (_, "Failed" | "Succeeded") if handing_over(&vmi, pod) => {
+            Ok(Action::requeue(Duration::from_secs(2)))
         }
         // The launcher ended without the node agent saying how (it writes the VMI's final phase
         // first): a pod that succeeded means the guest shut down.
@@ -465,6 +550,131 @@ mod tests {
             "spec": {"containers": [{"name": "compute", "resources": resources}]}
         }))
         .unwrap()
+    }
+
+    fn launcher(name: &str, node: Option<&str>, phase: &str, target: bool) -> Arc<Pod> {
+        let mut labels = json!({CREATED_BY: "vmi-uid"});
+        if target {
+            labels[MIGRATION_JOB_LABEL] = json!("mig-uid");
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "labels": labels},
+                "spec": {"nodeName": node, "containers": [{"name": "compute"}]},
+                "status": {"phase": phase},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn vmi_on(node: Option<&str>, state: serde_json::Value) -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "metadata": {"name": "vm", "namespace": "ns", "uid": "vmi-uid"},
+            "spec": {"domain": {"devices": {}}},
+            "status": {"phase": "Running", "nodeName": node, "migrationState": state},
+        }))
+        .unwrap()
+    }
+
+    fn name(p: Option<&Arc<Pod>>) -> Option<&str> {
+        p.and_then(|p| p.metadata.name.as_deref())
+    }
+
+    #[test]
+    fn current_pod_is_the_one_on_the_vmis_node() {
+        let source = launcher("src", Some("n1"), "Running", false);
+        let target = launcher("tgt", Some("n2"), "Running", true);
+        let pods = vec![target.clone(), source.clone()];
+        // During a migration the source stays current; the target is never judged.
+        let during = vmi_on(
+            Some("n1"),
+            json!({"migrationUid": "mig-uid", "targetPod": "tgt"}),
+        );
+        assert_eq!(name(current_pod(&during, &pods)), Some("src"));
+        // After the handover the VMI's node is the target's.
+        let after = vmi_on(
+            Some("n2"),
+            json!({"migrationUid": "mig-uid", "targetPod": "tgt",
+                                               "completed": true}),
+        );
+        assert_eq!(name(current_pod(&after, &pods)), Some("tgt"));
+        // A live pod wins over an ended one on the same node (a migration back).
+        let old = launcher("old", Some("n2"), "Succeeded", false);
+        let back = vec![old, target.clone()];
+        assert_eq!(name(current_pod(&after, &back)), Some("tgt"));
+        // Before the VMI has a node: its own pod, never a target.
+        let unplaced = vmi_on(None, json!(null));
+        let early = vec![
+            launcher("tgt", None, "Pending", true),
+            launcher("own", None, "Pending", false),
+        ];
+        assert_eq!(name(current_pod(&unplaced, &early)), Some("own"));
+        assert_eq!(name(current_pod(&unplaced, &early[..1])), None);
+        // A node with no pod of the VMI: none is current (the pod vanished).
+        let elsewhere = vmi_on(Some("n3"), json!(null));
+        assert_eq!(name(current_pod(&elsewhere, &pods)), None);
+    }
+
+    #[test]
+    fn ended_pods_other_than_the_current_and_the_live_target_go() {
+        let source_done = launcher("src", Some("n1"), "Succeeded", false);
+        let target = launcher("tgt", Some("n2"), "Running", true);
+        let failed_target = launcher("tgt0", Some("n3"), "Failed", true);
+        let pods = vec![source_done, target, failed_target];
+        let after = vmi_on(
+            Some("n2"),
+            json!({"migrationUid": "m", "targetPod": "tgt",
+                                               "sourcePod": "src", "completed": true}),
+        );
+        let current = current_pod(&after, &pods);
+        let gone: Vec<_> = leftover_pods(&after, &pods, current)
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(gone, vec!["src", "tgt0"]);
+        // The ended target of the migration under way stays (its controller reports it).
+        let during = vmi_on(
+            Some("n1"),
+            json!({"migrationUid": "m", "targetPod": "tgt0"}),
+        );
+        let pods = vec![
+            launcher("src", Some("n1"), "Running", false),
+            launcher("tgt0", Some("n3"), "Failed", true),
+        ];
+        let current = current_pod(&during, &pods);
+        assert!(leftover_pods(&during, &pods, current).is_empty());
+        // An ended current pod is judged, not deleted here.
+        let ended = vec![launcher("src", Some("n1"), "Failed", false)];
+        let current = current_pod(&during, &ended);
+        assert_eq!(name(current), Some("src"));
+        assert!(leftover_pods(&during, &ended, current).is_empty());
+    }
+
+    #[test]
+    fn a_succeeded_sources_end_waits_for_the_target_to_take_over() {
+        let source = launcher("src", Some("n1"), "Succeeded", false);
+        let completed = vmi_on(
+            Some("n1"),
+            json!({"migrationUid": "m", "sourcePod": "src",
+            "targetNode": "n2", "targetPod": "tgt", "completed": true}),
+        );
+        assert!(handing_over(&completed, &source));
+        let failed = vmi_on(
+            Some("n1"),
+            json!({"migrationUid": "m", "sourcePod": "src",
+            "targetNode": "n2", "completed": true, "failed": true}),
+        );
+        assert!(!handing_over(&failed, &source));
+        let long_ago = vmi_on(
+            Some("n1"),
+            json!({"migrationUid": "m", "sourcePod": "src",
+            "targetNode": "n2", "completed": true, "endTimestamp": "2020-01-01T00:00:00Z"}),
+        );
+        assert!(
+            !handing_over(&long_ago, &source),
+            "a target that never takes over is not waited for"
+        );
+        assert!(!handing_over(&vmi_on(Some("n1"), json!(null)), &source));
     }
 
     #[test]
