@@ -9,121 +9,16 @@ mod common;
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nodes::{KillUnder, NetNode, Proc, kill_under};
 use common::plane::{client_for, halt, serial_log, until};
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace wired to this host by a veth pair: HOST_IP on our side, NODE_IP inside.
-struct NetNode {
-    ns: String,
-    host_if: String,
-    host_ip: String,
-    node_ip: String,
-}
-
-impl NetNode {
-    fn create() -> NetNode {
-        let id = std::process::id() % 100_000;
-        let n = NetNode {
-            ns: format!("kvt-node2-{id}"),
-            host_if: format!("kvt2h{id}"),
-            host_ip: format!("10.250.{}.1", id % 250),
-            node_ip: format!("10.250.{}.2", id % 250),
-        };
-        let _ = Command::new("ip").args(["netns", "del", &n.ns]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &n.host_if])
-            .output();
-        ip(&["netns", "add", &n.ns]);
-        let inner = format!("kvt2n{id}");
-        ip(&[
-            "link", "add", &n.host_if, "type", "veth", "peer", "name", &inner,
-        ]);
-        ip(&["link", "set", &inner, "netns", &n.ns]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", n.host_ip),
-            "dev",
-            &n.host_if,
-        ]);
-        ip(&["link", "set", &n.host_if, "up"]);
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["-n", n.ns.as_str()];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        in_ns(&["link", "set", "lo", "up"]);
-        in_ns(&["link", "set", &inner, "name", "eth0"]);
-        in_ns(&["addr", "add", &format!("{}/30", n.node_ip), "dev", "eth0"]);
-        in_ns(&["link", "set", "eth0", "up"]);
-        in_ns(&["route", "add", "default", "via", &n.host_ip]);
-        n
-    }
-}
-
-impl Drop for NetNode {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// SIGKILL to every process whose command line names `dir` (launchers and QEMUs of a node).
-fn kill_under(dir: &Path) {
-    let dir = dir.display().to_string();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if std::fs::read(p.path().join("cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// Kills whatever still runs under the nodes' state directories when the test ends, passed or
-/// not (VMs outlive their node agents by design).
-struct KillUnder(Vec<std::path::PathBuf>);
-
-impl Drop for KillUnder {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            kill_under(d);
-        }
-    }
-}
 
 /// What a dead node leaves behind on this host besides its pods' namespaces (which go with the
 /// test's pod network): their cgroups.
@@ -166,7 +61,7 @@ async fn vmi_on(vmis: &Api<VirtualMachineInstance>, name: &str) -> Option<(Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_remote_endpoint_and_failover_across_two_nodes() {
     let guest = demo_guest();
-    let net = NetNode::create();
+    let net = NetNode::create(2);
     let data = tempfile::tempdir().unwrap();
     let s1 = state_dir();
     let s2 = state_dir();

@@ -1316,6 +1316,13 @@ async fn monitor(
             .map(|ip| pod_interfaces(&current, ip))
             .unwrap_or_default();
         let machine = running_status(&current);
+        // Whether it could move to another node, as virt-handler reports it.
+        let migratable = kuvirt_api::v1::live_migratable(&current);
+        let method = if kuvirt_api::v1::is_block_migration(&current) {
+            "BlockMigration"
+        } else {
+            "LiveMigration"
+        };
         let cur = current.status.unwrap_or_default();
         let cur_phase = cur
             .phase
@@ -1335,19 +1342,37 @@ async fn monitor(
         if cur_phase == phase
             && cond("Ready") == Some(ready)
             && cond("Paused").unwrap_or(false) == paused
+            && cond("LiveMigratable") == Some(migratable.is_ok())
+            && cur.migration_method.as_deref() == Some(method)
             && interfaces_known
         {
             continue;
         }
         let t = kuvirt_apimachinery::meta::now();
-        let conditions = json!([
-            {"type": "Ready", "status": if ready { "True" } else { "False" },
-             "lastProbeTime": null, "lastTransitionTime": t},
-            {"type": "Paused", "status": if paused { "True" } else { "False" },
-             "lastProbeTime": null, "lastTransitionTime": t,
-             "reason": if paused { "PausedByUser" } else { "" }},
+        let live_migratable = match &migratable {
+            Ok(()) => json!({"type": "LiveMigratable", "status": "True",
+                             "lastProbeTime": null, "lastTransitionTime": t}),
+            Err(why) => json!({"type": "LiveMigratable", "status": "False",
+                               "lastProbeTime": null, "lastTransitionTime": t,
+                               "reason": why.reason, "message": why.message}),
+        };
+        // The conditions others write (the controller's PodScheduled, …) are kept.
+        let mut conditions: Vec<serde_json::Value> = cur
+            .conditions
+            .iter()
+            .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Paused" | "LiveMigratable"))
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        conditions.extend([
+            json!({"type": "Ready", "status": if ready { "True" } else { "False" },
+                   "lastProbeTime": null, "lastTransitionTime": t}),
+            json!({"type": "Paused", "status": if paused { "True" } else { "False" },
+                   "lastProbeTime": null, "lastTransitionTime": t,
+                   "reason": if paused { "PausedByUser" } else { "" }}),
+            live_migratable,
         ]);
-        let mut patch = json!({"status": {"phase": phase, "conditions": conditions}});
+        let mut patch = json!({"status": {"phase": phase, "conditions": conditions,
+                                          "migrationMethod": method}});
         if !interfaces.is_empty() {
             patch["status"]["interfaces"] = json!(interfaces);
         }
