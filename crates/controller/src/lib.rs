@@ -2,6 +2,7 @@
 //! kube-rs, so they run the same against `kuvirt server` and a real cluster.
 
 pub mod events;
+pub mod migration;
 pub mod node;
 pub mod placement;
 pub mod pod;
@@ -19,8 +20,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::Resource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kuvirt_api::v1::VirtualMachineInstanceMigration;
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
 /// A reconcile failure; retried with a delay.
@@ -72,6 +74,7 @@ pub async fn run(
     };
     let vm_stop = stop(&tx);
     let vmi_stop = stop(&tx);
+    let migration_stop = stop(&tx);
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
@@ -93,18 +96,33 @@ pub async fn run(
                 tracing::debug!(error = %e, "vm controller");
             }
         });
+    // The migration controller watches migrations itself; the VMIs and target pods that
+    // trigger it come from the VMI controller's watches.
+    let migrations: Api<VirtualMachineInstanceMigration> = Api::all(client.clone());
+    let migration_controller =
+        Controller::new(migrations, watcher::Config::default()).with_config(bounded());
+    let (triggers, related) = migration::Triggers::new(migration_controller.store());
     // One pod watch: it fills the VMI controller's pod cache and triggers its reconciles.
     // The index is kept before the store: a placement that reads both between the two updates
     // counts a pod's new binding twice rather than not at all.
     let (pod_cache, pod_writer) = reflector::store();
     let pod_index = podindex::PodIndex::default();
     let indexed = pod_index.clone();
+    let pod_triggers = triggers.clone();
     let pod_events = watcher(pods, watcher::Config::default())
         .default_backoff()
         .modify(|p: &mut Pod| p.meta_mut().managed_fields = None)
         .inspect_ok(move |ev| indexed.apply(ev))
         .reflect(pod_writer)
+        .inspect_ok(move |ev| pod_triggers.pod_event(ev))
         .touched_objects();
+    // One VMI watch likewise: the VMI controller's cache and trigger, and the migrations'.
+    let (vmi_cache, vmi_writer) = reflector::store();
+    let vmi_events = watcher(vmis, watcher::Config::default())
+        .default_backoff()
+        .reflect(vmi_writer)
+        .inspect_ok(move |ev| triggers.vmi_event(ev))
+        .applied_objects();
     let mut caches = Vec::new();
     let placement = opts.schedule.then(|| {
         let nodes: Store<Node> = cache(&client, &mut caches);
@@ -115,6 +133,24 @@ pub async fn run(
             opts.memory_overcommit,
         ))
     });
+    let migration_ctx = Arc::new(migration::Context {
+        client: client.clone(),
+        launcher_image: opts.launcher_image.clone(),
+        pods: pod_cache.clone(),
+        index: pod_index.clone(),
+        placement: placement.clone(),
+        migrations: migration_controller.store(),
+        vmis: vmi_cache.clone(),
+    });
+    let migration_controller = migration_controller
+        .watches_stream(related, |m| Some(ObjectRef::from_obj(&m)))
+        .graceful_shutdown_on(migration_stop)
+        .run(migration::reconcile, migration_error_policy, migration_ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "migration controller");
+            }
+        });
     let vmi_ctx = Arc::new(vmi::Context::new(
         client,
         opts.launcher_image,
@@ -122,7 +158,7 @@ pub async fn run(
         pod_index,
         placement,
     ));
-    let vmi_controller = Controller::new(vmis, watcher::Config::default())
+    let vmi_controller = Controller::for_stream(vmi_events, vmi_cache)
         .with_config(bounded())
         .owns_stream(pod_events)
         .graceful_shutdown_on(vmi_stop)
@@ -137,7 +173,7 @@ pub async fn run(
         opts.node_heartbeat_timeout,
         opts.cluster_cidr,
     ));
-    tokio::join!(vm_controller, vmi_controller);
+    tokio::join!(vm_controller, vmi_controller, migration_controller);
     nodes.abort();
     for c in caches {
         c.abort();
@@ -179,6 +215,15 @@ fn vmi_error_policy(
     _ctx: Arc<vmi::Context>,
 ) -> Action {
     tracing::warn!(error = %err, "vmi reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn migration_error_policy(
+    _m: Arc<VirtualMachineInstanceMigration>,
+    err: &Error,
+    _ctx: Arc<migration::Context>,
+) -> Action {
+    tracing::warn!(error = %err, "migration reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
 
