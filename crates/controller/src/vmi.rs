@@ -64,7 +64,7 @@ impl Context {
     }
 
     /// The cached launcher pods of the VMI with `uid` in `ns`.
-    pub fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
+    fn pods_of(&self, ns: &str, uid: &str) -> Vec<Arc<Pod>> {
         self.index
             .owned_by(uid)
             .iter()

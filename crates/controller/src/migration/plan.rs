@@ -134,7 +134,7 @@ const WAIT_FOR_TURN: Duration = Duration::from_secs(3);
 const WAIT_FOR_VMI: Duration = Duration::from_secs(2);
 /// The requeue of a migration under way (the VMI and pod watches trigger it sooner).
 const UNDER_WAY: Duration = Duration::from_secs(5);
-const PLACING: Duration = Duration::from_secs(5);
+const PLACING: Duration = Duration::from_secs(10);
 
 fn vmi_state(vmi: &VirtualMachineInstance) -> Option<&VirtualMachineInstanceMigrationState> {
     vmi.status.as_ref().and_then(|s| s.migration_state.as_ref())
@@ -605,4 +605,477 @@ pub fn garbage(of_vmi: &[VirtualMachineInstanceMigration], keep: usize) -> Vec<S
 /// The label selector of one VMI's migrations.
 pub fn selector(vmi_name: &str) -> String {
     format!("{MIGRATION_VMI_LABEL}={vmi_name}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use k8s_openapi::jiff::SignedDuration;
+    use serde_json::{Value, json};
+
+    const NOW: &str = "2026-03-01T12:00:00Z";
+
+    fn now() -> Timestamp {
+        NOW.parse().unwrap()
+    }
+
+    fn ago(secs: i64) -> String {
+        now()
+            .checked_sub(SignedDuration::from_secs(secs))
+            .unwrap()
+            .to_string()
+    }
+
+    fn mig(phase: Option<&str>) -> VirtualMachineInstanceMigration {
+        serde_json::from_value(json!({
+            "metadata": {"name": "mig", "namespace": "ns", "uid": "mig-uid",
+                         "finalizers": [MIGRATION_FINALIZER, "other"],
+                         "labels": {MIGRATION_VMI_LABEL: "vm"}},
+            "spec": {"vmiName": "vm"},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    fn deleted(mut m: VirtualMachineInstanceMigration) -> VirtualMachineInstanceMigration {
+        m.metadata.deletion_timestamp = Some(serde_json::from_value(json!(NOW)).unwrap());
+        m
+    }
+
+    fn vmi(phase: &str, node: &str, state: Value) -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "metadata": {"name": "vm", "namespace": "ns", "uid": "vmi-uid",
+                         "labels": {MIGRATION_TARGET_NODE_LABEL: "n2"}},
+            "spec": {"domain": {"devices": {}}},
+            "status": {"phase": phase, "nodeName": node, "migrationState": state},
+        }))
+        .unwrap()
+    }
+
+    fn running() -> VirtualMachineInstance {
+        vmi("Running", "n1", Value::Null)
+    }
+
+    /// The VMI handed to this migration, with the agents' reports in `more`.
+    fn handed(node: &str, more: Value) -> VirtualMachineInstance {
+        let mut state = json!({"migrationUid": "mig-uid", "sourceNode": "n1",
+                               "targetNode": "n2", "targetPod": "tgt"});
+        for (k, v) in more.as_object().unwrap() {
+            state[k] = v.clone();
+        }
+        vmi("Running", node, state)
+    }
+
+    fn pod(node: Option<&str>, phase: &str, created: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "tgt", "namespace": "ns", "creationTimestamp": created},
+            "spec": {"nodeName": node, "containers": [{"name": "compute"}]},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    fn free() -> Counts {
+        Counts::default()
+    }
+
+    fn go(
+        m: &VirtualMachineInstanceMigration,
+        v: Option<&VirtualMachineInstance>,
+        p: Option<&Pod>,
+    ) -> Decision {
+        plan(m, v, p, &free(), now())
+    }
+
+    fn failed_with(d: &Decision, message: &str) {
+        assert_eq!(d.phase(), Some(&MigrationPhase::Failed), "{d:?}");
+        assert_eq!(d.events(), vec![("FailedMigration", message)], "{d:?}");
+    }
+
+    #[test]
+    fn new_migration_goes_pending_unless_another_owns_the_vmi() {
+        let d = go(&mig(None), Some(&running()), None);
+        assert_eq!(d.phase(), Some(&MigrationPhase::Pending));
+        let busy = Counts {
+            owner_active: true,
+            ..free()
+        };
+        let d = plan(&mig(None), Some(&running()), None, &busy, now());
+        failed_with(&d, NOT_ELIGIBLE);
+    }
+
+    #[test]
+    fn pending_creates_the_target_once_the_vmi_runs_and_there_is_room() {
+        let m = mig(Some("Pending"));
+        let d = go(&m, Some(&vmi("Scheduled", "n1", Value::Null)), None);
+        assert!(d.steps.is_empty());
+        assert_eq!(d.requeue, Some(WAIT_FOR_VMI));
+        let d = go(&m, Some(&running()), None);
+        assert_eq!(d.steps[0], Step::CreateTargetPod);
+        assert_eq!(d.phase(), Some(&MigrationPhase::Scheduling));
+        // A pod from an earlier pass is not created again.
+        let p = pod(None, "Pending", NOW);
+        let d = go(&m, Some(&running()), Some(&p));
+        assert!(!d.has(&Step::CreateTargetPod));
+        assert_eq!(d.phase(), Some(&MigrationPhase::Scheduling));
+    }
+
+    #[test]
+    fn pending_waits_at_the_parallel_limits() {
+        let m = mig(Some("Pending"));
+        for counts in [
+            Counts {
+                running: 5,
+                ..free()
+            },
+            Counts {
+                running: 2,
+                outbound: 2,
+                ..free()
+            },
+        ] {
+            let d = plan(&m, Some(&running()), None, &counts, now());
+            assert!(d.steps.is_empty(), "no pod, no condition: {d:?}");
+            assert_eq!(d.requeue, Some(WAIT_FOR_TURN));
+        }
+        let room = Counts {
+            running: 4,
+            outbound: 1,
+            ..free()
+        };
+        let d = plan(&m, Some(&running()), None, &room, now());
+        assert!(d.has(&Step::CreateTargetPod));
+    }
+
+    #[test]
+    fn scheduling_places_and_times_out_unschedulable_targets() {
+        let m = mig(Some("Scheduling"));
+        let v = running();
+        let fresh = pod(None, "Pending", NOW);
+        let d = go(&m, Some(&v), Some(&fresh));
+        assert_eq!(d.steps, vec![Step::Place]);
+        // kube-scheduler's verdict (a cluster): a warning each pass, the pod goes after 300 s.
+        let mut stuck = pod(None, "Pending", &ago(299));
+        stuck.status = Some(
+            serde_json::from_value(json!({"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}))
+            .unwrap(),
+        );
+        let d = go(&m, Some(&v), Some(&stuck));
+        assert_eq!(
+            d.events(),
+            vec![(
+                "migrationTargetPodUnschedulable",
+                "Migration target pod for VMI [ns/vm] is currently unschedulable."
+            )]
+        );
+        assert!(
+            !d.steps
+                .iter()
+                .any(|s| matches!(s, Step::DeleteTargetPod { .. }))
+        );
+        stuck.metadata.creation_timestamp = Some(serde_json::from_value(json!(ago(300))).unwrap());
+        let d = go(&m, Some(&v), Some(&stuck));
+        assert!(d.has(&Step::DeleteTargetPod {
+            event: Some("unschedulable pod ns/tgt timeout period exceeded".into())
+        }));
+        // Embedded placement's verdict goes the same way.
+        let steps = unschedulable(&v, &pod(None, "Pending", &ago(301)), now());
+        assert_eq!(steps.len(), 2);
+        assert_eq!(unschedulable(&v, &fresh, now()).len(), 1);
+        // Bound but pending for 15 minutes.
+        let slow = pod(Some("n2"), "Pending", &ago(900));
+        let d = go(&m, Some(&v), Some(&slow));
+        assert!(d.has(&Step::DeleteTargetPod {
+            event: Some("pending pod ns/tgt timeout period exceeded".into())
+        }));
+        // Running: scheduled.
+        let d = go(&m, Some(&v), Some(&pod(Some("n2"), "Running", NOW)));
+        assert_eq!(d.phase(), Some(&MigrationPhase::Scheduled));
+        assert!(!d.has(&Step::Place));
+    }
+
+    #[test]
+    fn scheduled_hands_off_then_follows_the_agents() {
+        let target = pod(Some("n2"), "Running", NOW);
+        let d = go(&mig(Some("Scheduled")), Some(&running()), Some(&target));
+        assert_eq!(d.steps[0], Step::HandOff);
+        assert_eq!(d.phase(), Some(&MigrationPhase::PreparingTarget));
+        assert_eq!(
+            d.events(),
+            vec![(
+                "SuccessfulHandOver",
+                "Migration target pod is ready for preparation by virt-handler."
+            )]
+        );
+        // Handed off already (an earlier pass wrote the VMI, not the phase).
+        let d = go(
+            &mig(Some("Scheduled")),
+            Some(&handed("n1", json!({}))),
+            Some(&target),
+        );
+        assert!(!d.has(&Step::HandOff));
+        assert_eq!(d.phase(), Some(&MigrationPhase::PreparingTarget));
+
+        let preparing = mig(Some("PreparingTarget"));
+        let d = go(&preparing, Some(&handed("n1", json!({}))), Some(&target));
+        assert_eq!(d.phase(), None);
+        let listening = handed("n1", json!({"targetNodeAddress": "10.0.0.2"}));
+        let d = go(&preparing, Some(&listening), Some(&target));
+        assert_eq!(d.phase(), Some(&MigrationPhase::TargetReady));
+
+        let ready = mig(Some("TargetReady"));
+        assert_eq!(go(&ready, Some(&listening), Some(&target)).phase(), None);
+        let started = handed(
+            "n1",
+            json!({"targetNodeAddress": "10.0.0.2", "startTimestamp": NOW}),
+        );
+        let d = go(&ready, Some(&started), Some(&target));
+        assert_eq!(d.phase(), Some(&MigrationPhase::Running));
+    }
+
+    #[test]
+    fn running_succeeds_once_the_target_holds_the_vmi() {
+        let m = mig(Some("Running"));
+        let target = pod(Some("n2"), "Running", NOW);
+        // Completed, but the target's agent has not moved the VMI yet.
+        let completed = handed("n1", json!({"startTimestamp": NOW, "completed": true}));
+        assert_eq!(go(&m, Some(&completed), Some(&target)).phase(), None);
+        let moved = handed("n2", json!({"startTimestamp": NOW, "completed": true}));
+        let d = go(&m, Some(&moved), Some(&target));
+        assert_eq!(d.phase(), Some(&MigrationPhase::Succeeded));
+        assert_eq!(
+            d.events(),
+            vec![(
+                "SuccessfulMigration",
+                "Source node reported migration succeeded"
+            )]
+        );
+        let Some(Step::Status(c)) = d.steps.iter().find(|s| matches!(s, Step::Status(_))) else {
+            panic!("no status");
+        };
+        assert_eq!(
+            c.migration_state.as_deref(),
+            moved.status.as_ref().unwrap().migration_state.as_ref()
+        );
+    }
+
+    #[test]
+    fn vmi_gone_or_final_fails_the_migration() {
+        let m = mig(Some("Running"));
+        let d = go(&m, None, None);
+        failed_with(&d, VMI_SHUTDOWN);
+        assert_eq!(d.steps.last(), Some(&Step::DeleteMigration));
+        let d = go(&deleted(m.clone()), None, None);
+        assert!(!d.has(&Step::DeleteMigration), "deleted already");
+        let d = go(&m, Some(&vmi("Failed", "n1", Value::Null)), None);
+        failed_with(&d, VMI_SHUTDOWN);
+    }
+
+    #[test]
+    fn agents_reports_and_lost_state_fail_the_migration() {
+        let m = mig(Some("Running"));
+        let target = pod(Some("n2"), "Running", NOW);
+        let failed = handed(
+            "n1",
+            json!({"startTimestamp": NOW, "failed": true, "completed": true}),
+        );
+        let d = go(&m, Some(&failed), Some(&target));
+        failed_with(&d, SOURCE_FAILED);
+        assert!(!d.has(&Step::MarkTargetDown), "the source reported it");
+        let other = vmi("Running", "n1", json!({"migrationUid": "other"}));
+        failed_with(&go(&m, Some(&other), Some(&target)), STATE_TAKEN);
+        failed_with(&go(&m, Some(&running()), Some(&target)), STATE_CLEARED);
+    }
+
+    #[test]
+    fn a_target_pod_down_fails_the_migration_and_tells_the_source() {
+        let m = mig(Some("TargetReady"));
+        let v = handed("n1", json!({"targetNodeAddress": "10.0.0.2"}));
+        let down = pod(Some("n2"), "Failed", NOW);
+        let d = go(&m, Some(&v), Some(&down));
+        failed_with(&d, TARGET_SHUTDOWN);
+        assert_eq!(d.steps[0], Step::MarkTargetDown);
+        let d = go(&m, Some(&v), None);
+        failed_with(&d, TARGET_REMOVED);
+        assert!(d.has(&Step::MarkTargetDown));
+        // Before the handoff there is nothing to tell the source.
+        let d = go(&mig(Some("Scheduling")), Some(&running()), None);
+        failed_with(&d, TARGET_REMOVED);
+        assert!(!d.has(&Step::MarkTargetDown));
+        // A pod deleted before it had a node (the unschedulable timeout) is removed.
+        let mut unbound = pod(None, "Pending", NOW);
+        unbound.metadata.deletion_timestamp = Some(serde_json::from_value(json!(NOW)).unwrap());
+        failed_with(
+            &go(&mig(Some("Scheduling")), Some(&running()), Some(&unbound)),
+            TARGET_REMOVED,
+        );
+        // Once the migration completed, the target's fate is the VMI's business.
+        let done = handed("n1", json!({"startTimestamp": NOW, "completed": true}));
+        let d = go(&mig(Some("Running")), Some(&done), Some(&down));
+        assert_ne!(d.phase(), Some(&MigrationPhase::Failed));
+    }
+
+    #[test]
+    fn deleting_before_the_handoff_cancels() {
+        let m = deleted(mig(Some("Scheduling")));
+        let p = pod(Some("n2"), "Pending", NOW);
+        let d = go(&m, Some(&running()), Some(&p));
+        assert_eq!(
+            d.steps[0],
+            Step::DeleteTargetPod {
+                event: Some("migration canceled and pod ns/tgt is deleted".into())
+            }
+        );
+        failed_with(&d, CANCELED);
+        let Some(Step::Status(c)) = d.steps.iter().find(|s| matches!(s, Step::Status(_))) else {
+            panic!("no status");
+        };
+        assert!(c.abort_requested);
+        // Before any pod, too.
+        let d = go(&deleted(mig(Some("Pending"))), Some(&running()), None);
+        failed_with(&d, CANCELED);
+    }
+
+    #[test]
+    fn deleting_after_the_handoff_asks_the_source_to_abort_once() {
+        let m = deleted(mig(Some("Running")));
+        let target = pod(Some("n2"), "Running", NOW);
+        let v = handed("n1", json!({"startTimestamp": NOW}));
+        let d = go(&m, Some(&v), Some(&target));
+        assert_eq!(d.steps[0], Step::RequestAbort);
+        assert_eq!(
+            d.events(),
+            vec![(
+                "SuccessfulAbortMigration",
+                "Migration is ready to be canceled by virt-handler."
+            )]
+        );
+        assert_eq!(d.phase(), None, "it waits for the source's report");
+        let asked = handed("n1", json!({"startTimestamp": NOW, "abortRequested": true}));
+        let mut noted = m.clone();
+        noted.status.as_mut().unwrap().conditions = vec![
+            serde_json::from_value(json!({"type": ABORT_REQUESTED, "status": "True"})).unwrap(),
+        ];
+        let d = go(&noted, Some(&asked), Some(&target));
+        assert!(d.steps.is_empty(), "{d:?}");
+        // The source's report ends it.
+        let aborted = handed(
+            "n1",
+            json!({"startTimestamp": NOW, "abortRequested": true, "abortStatus": "Succeeded",
+                   "failed": true, "completed": true}),
+        );
+        failed_with(&go(&noted, Some(&aborted), Some(&target)), SOURCE_FAILED);
+    }
+
+    #[test]
+    fn final_migrations_clean_up_and_let_go() {
+        let v = handed("n1", json!({"failed": true, "completed": true}));
+        let target = pod(Some("n2"), "Running", NOW);
+        let d = go(&mig(Some("Failed")), Some(&v), Some(&target));
+        assert!(
+            matches!(&d.steps[0], Step::Status(c) if c.phase.is_none() && c.migration_state.is_some())
+        );
+        assert_eq!(
+            d.steps[1..],
+            [
+                Step::DeleteTargetPod { event: None },
+                Step::RemoveTargetLabel,
+                Step::CollectGarbage,
+                Step::RemoveFinalizer,
+            ]
+        );
+        assert_eq!(d.requeue, None);
+        // Succeeded: the target is the VMI's pod now; copied already, finalizer gone.
+        let moved = handed("n2", json!({"completed": true}));
+        let mut done = mig(Some("Succeeded"));
+        done.metadata.finalizers = Some(vec!["other".into()]);
+        done.status.as_mut().unwrap().migration_state =
+            moved.status.as_ref().unwrap().migration_state.clone();
+        let d = go(&done, Some(&moved), Some(&target));
+        assert_eq!(d.steps, vec![Step::RemoveTargetLabel, Step::CollectGarbage]);
+        // A failed migration whose VMI state is not over tells the source.
+        let open = handed("n1", json!({}));
+        let d = go(&mig(Some("Failed")), Some(&open), None);
+        assert!(d.has(&Step::MarkTargetDown));
+        // The VMI is gone: the finalizer goes, then the migration.
+        let d = go(&mig(Some("Failed")), None, None);
+        assert_eq!(d.steps, vec![Step::RemoveFinalizer, Step::DeleteMigration]);
+        // Another migration's label is left alone.
+        let other = vmi(
+            "Running",
+            "n1",
+            json!({"migrationUid": "other", "targetNode": "n2"}),
+        );
+        assert!(!go(&mig(Some("Failed")), Some(&other), None).has(&Step::RemoveTargetLabel));
+    }
+
+    fn other(uid: &str, phase: Option<&str>, vmi: &str) -> Arc<VirtualMachineInstanceMigration> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": uid, "namespace": "ns", "uid": uid},
+                "spec": {"vmiName": vmi},
+                "status": {"phase": phase},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn counts_migrations_under_way_and_out_of_the_source_node() {
+        let all = vec![
+            other("mig-uid", Some("Running"), "vm"),
+            other("a", Some("Running"), "on-n1"),
+            other("b", Some("TargetReady"), "on-n2"),
+            other("c", Some("Pending"), "on-n1"),
+            other("d", Some("Pending"), "on-n1"),
+            other("e", Some("Succeeded"), "on-n1"),
+            other("f", None, "on-n1"),
+        ];
+        let has_target =
+            |m: &VirtualMachineInstanceMigration| m.metadata.uid.as_deref() == Some("d");
+        let source = |m: &VirtualMachineInstanceMigration| {
+            m.spec
+                .vmi_name
+                .as_deref()
+                .map(|n| n.trim_start_matches("on-").to_string())
+        };
+        let c = counts(&mig(Some("Pending")), &running(), &all, has_target, source);
+        assert_eq!((c.running, c.outbound, c.owner_active), (3, 2, false));
+        // The VMI's state names a migration still under way.
+        let owned = vmi("Running", "n1", json!({"migrationUid": "b"}));
+        assert!(counts(&mig(None), &owned, &all, has_target, source).owner_active);
+        let over = vmi(
+            "Running",
+            "n1",
+            json!({"migrationUid": "b", "completed": true}),
+        );
+        assert!(!counts(&mig(None), &over, &all, has_target, source).owner_active);
+        let final_owner = vmi("Running", "n1", json!({"migrationUid": "e"}));
+        assert!(!counts(&mig(None), &final_owner, &all, has_target, source).owner_active);
+        let gone_owner = vmi("Running", "n1", json!({"migrationUid": "zzz"}));
+        assert!(!counts(&mig(None), &gone_owner, &all, has_target, source).owner_active);
+    }
+
+    #[test]
+    fn garbage_keeps_the_newest_five_final_migrations() {
+        let made = |name: &str, phase: &str, secs: i64| -> VirtualMachineInstanceMigration {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "creationTimestamp": ago(secs)},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let mut list: Vec<_> = (0..8)
+            .map(|i| made(&format!("m{i}"), "Succeeded", 100 - i))
+            .collect();
+        list.push(made("live", "Running", 1000));
+        list.push(made("f", "Failed", 1));
+        let mut gone = garbage(&list, KEEP_FINAL);
+        gone.sort();
+        assert_eq!(gone, vec!["m0", "m1", "m2", "m3"]);
+        assert!(garbage(&list[..5], KEEP_FINAL).is_empty());
+    }
 }
