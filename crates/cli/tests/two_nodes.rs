@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::nodes::{KillUnder, NetNode, Proc, kill_under};
+use common::nodes::{KillUnder, NetNode, Proc, agent, kill_under};
 use common::plane::{client_for, halt, serial_log, until};
 use common::*;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -101,32 +101,14 @@ async fn placement_remote_endpoint_and_failover_across_two_nodes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let agent_log = data.path().join("agent.log");
-    let mut agent = Proc(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", net.ns))
-            .arg(KUVIRT)
-            .args([
-                "agent",
-                "--server",
-                &format!("https://{}:{port}", net.host_ip),
-            ])
-            .arg("--token-file")
-            .arg(data.path().join("node-token"))
-            .arg("--state-dir")
-            .arg(s2.path())
-            .args([
-                "--accel",
-                "tcg",
-                "--node-name",
-                "n2",
-                "--node-heartbeat-interval",
-                "2",
-            ])
-            .stdout(Stdio::null())
-            .args(["--pod-network-name", &podnet.name])
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut agent = agent(
+        &net,
+        &format!("https://{}:{port}", net.host_ip),
+        &data.path().join("node-token"),
+        s2.path(),
+        "n2",
+        &podnet.name,
+        &agent_log,
     );
     let client = client_for(&kubeconfig).await;
     let nodes: Api<Node> = Api::all(client.clone());

@@ -422,7 +422,6 @@ pub struct Tracker {
     handed_over: Option<String>,
     started: Option<(String, Relay, JoinHandle<()>)>,
     abort_sent: Option<String>,
-    ended: Option<String>,
 }
 
 impl Tracker {
@@ -570,25 +569,13 @@ impl Tracker {
     ) -> Result<(), MigrationError> {
         let socket = role.vm_dir.join("launcher.sock");
         let started = self.started.as_ref().is_some_and(|(u, _, _)| u == uid);
-        let node_now = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
         if ms.is_over() {
-            if !started || self.ended.as_deref() == Some(uid) {
-                return Ok(());
-            }
-            let moved = ms.completed == Some(true)
-                && ms.failed != Some(true)
-                && node_now.is_some_and(|n| n != agent.node);
-            if moved && state == Some(&VmState::Handover) {
-                // The target runs it: this side ends.
-                call(&socket, Request::MigrateConfirm).await?;
-                self.ended = Some(uid.to_string());
-                self.started = None;
-            } else if ms.failed == Some(true) {
-                // The target failed after all, or the migration did: run (on) here.
-                if matches!(state, Some(VmState::Handover)) || migrating(&socket).await {
+            // Failed while still copying (its target died, say): stop here too. A source that
+            // sent everything is ended or resumed by its follow task (`await_takeover`).
+            if started && ms.failed == Some(true) {
+                if migrating(&socket).await {
                     let _ = call(&socket, Request::MigrateCancel).await;
                 }
-                self.ended = Some(uid.to_string());
                 self.started = None;
             }
             return Ok(());

@@ -369,19 +369,6 @@ impl Vm {
         })
     }
 
-    /// Runs a human monitor command (diagnostics: `info migrate`, `qemu-io`, …) and returns
-    /// its output.
-    pub async fn hmp(&self, command: &str) -> Result<String, VmError> {
-        let out = self
-            .qmp
-            .execute(
-                "human-monitor-command",
-                Some(json!({ "command-line": command })),
-            )
-            .await?;
-        Ok(out.as_str().unwrap_or_default().to_string())
-    }
-
     /// Presses the ACPI power button and waits up to `grace` for the guest to power off; then
     /// kills QEMU. Returns how it ended.
     pub async fn shutdown(&self, grace: Duration) -> ExitReason {
