@@ -273,9 +273,9 @@ mod tests {
     }
 
     /// An interface on the pod network that is neither masquerade nor an allowed bridge.
-    fn bridged() -> Value {
+    fn passt() -> Value {
         let mut v = vmi("Running");
-        v["spec"] = json!({"domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}},
+        v["spec"] = json!({"domain": {"devices": {"interfaces": [{"name": "default", "passt": {}}]}},
                            "networks": [{"name": "default", "pod": {}}]});
         v
     }
@@ -306,11 +306,11 @@ mod tests {
             "{}",
             e.message
         );
-        let mut trusted = bridged();
+        let mut trusted = passt();
         trusted["status"]["conditions"] = json!([{"type": "LiveMigratable", "status": "True"}]);
         assert!(decide_migrate("vm", Some(&trusted), &done).is_ok());
         // Without a condition the spec is judged.
-        let e = decide_migrate("vm", Some(&bridged()), &[vmim("x", None)]).unwrap_err();
+        let e = decide_migrate("vm", Some(&passt()), &[vmim("x", None)]).unwrap_err();
         assert!(
             e.message
                 .contains("Cannot migrate VMI, Reason: InterfaceNotLiveMigratable, Message: cannot migrate VMI which does not use masquerade"),

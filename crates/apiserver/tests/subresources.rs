@@ -454,11 +454,11 @@ fn creating_a_migration_runs_kubevirts_admission() {
     refused("ghost", 422, "the VMI \"default/ghost\" does not exist");
     s.create_vmi("done", "Succeeded");
     refused("done", 422, "Cannot migrate VMI in finalized state.");
-    // No LiveMigratable condition yet: the spec is judged (a bridge on the pod network).
+    // No LiveMigratable condition yet: the spec is judged (passt on the pod network).
     let bridged = json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
         "metadata": {"name": "bridged"},
-        "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]},
+        "spec": {"domain": {"devices": {"interfaces": [{"name": "default", "passt": {}}]},
                             "resources": {"requests": {"memory": "64Mi"}}},
                  "networks": [{"name": "default", "pod": {}}]},
         "status": {"phase": "Running"},

@@ -328,6 +328,30 @@ pub struct MigrateOptions {
 pub const ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION: &str =
     "kubevirt.io/allow-pod-bridge-network-live-migration";
 
+/// The annotation on a migration's target pod whose VMI has a bridge on the pod network: the
+/// source pod's IP, which the target pod takes over (from whichever node's pod CIDR it comes),
+/// so the guest keeps its address on the new node.
+pub const MIGRATION_IP_ANNOTATION: &str = "kuvirt.io/migration-ip";
+
+/// The pod IP a migration target of `vmi` must take over: the address of its pod-network
+/// interface when that interface is bridge-bound (the guest holds the pod IP itself).
+pub fn bridged_pod_ip(vmi: &super::VirtualMachineInstance) -> Option<std::net::Ipv4Addr> {
+    let spec = &vmi.spec;
+    let pod_net = spec.networks.iter().find(|n| n.pod.is_some())?;
+    spec.domain
+        .devices
+        .interfaces
+        .iter()
+        .find(|i| i.name == pod_net.name && i.bridge.is_some())?;
+    vmi.status
+        .as_ref()?
+        .interfaces
+        .iter()
+        .find(|i| i.name.as_deref() == Some(pod_net.name.as_str()))
+        .and_then(|i| i.ip_address.as_deref())
+        .and_then(|a| a.parse().ok())
+}
+
 /// Why a VMI cannot be live-migrated: the `LiveMigratable=False` condition's reason and message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotMigratable {
@@ -337,9 +361,10 @@ pub struct NotMigratable {
 
 /// Whether `vmi` can be live-migrated, checked as KubeVirt's node agent does (first failure
 /// wins): the pod network's binding, host devices, then disks. Masquerade moves as it is (the
-/// guest keeps 10.0.2.2); a bridge on the pod network only with
-/// [`ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION`]; passt not at all here (its guest holds the pod IP,
-/// which changes with the node). Local disks (containerDisk overlays, emptyDisks) are copied
+/// guest keeps 10.0.2.2); a bridge on the pod network moves with its pod IP (the target pod
+/// takes the source's address, [`MIGRATION_IP_ANNOTATION`], so KubeVirt's opt-in
+/// [`ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION`] is not needed); passt not at all here (passt in the
+/// target pod would start without the guest's connections). Local disks (containerDisk overlays, emptyDisks) are copied
 /// with the memory ([`is_block_migration`]); a hostDisk must be `shared`, a PVC cannot be
 /// shown to be.
 pub fn live_migratable(vmi: &super::VirtualMachineInstance) -> Result<(), NotMigratable> {
@@ -358,12 +383,7 @@ pub fn live_migratable(vmi: &super::VirtualMachineInstance) -> Result<(), NotMig
                 format!("no primary interface found for network {}", pod_net.name),
             ));
         };
-        let allowed_bridge = vmi
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key(ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION));
-        let ok = i.masquerade.is_some() || (i.bridge.is_some() && allowed_bridge);
+        let ok = i.masquerade.is_some() || i.bridge.is_some();
         if !ok {
             return Err(iface(
                 "InterfaceNotLiveMigratable",
@@ -482,19 +502,29 @@ mod tests {
         let bridge = vmi(serde_json::json!({
             "domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}},
             "networks": [{"name": "default", "pod": {}}]}));
+        assert_eq!(live_migratable(&bridge), Ok(()), "its pod IP moves with it");
+        assert_eq!(bridged_pod_ip(&bridge), None, "no address reported yet");
+        let mut running = bridge.clone();
+        running.status = Some(
+            serde_json::from_value(serde_json::json!({"interfaces": [
+                {"name": "default", "ipAddress": "10.244.0.7"}]}))
+            .unwrap(),
+        );
+        assert_eq!(bridged_pod_ip(&running), Some([10, 244, 0, 7].into()));
+        let mut masq_running = masq.clone();
+        masq_running.status = running.status.clone();
         assert_eq!(
-            live_migratable(&bridge).unwrap_err().reason,
+            bridged_pod_ip(&masq_running),
+            None,
+            "masquerade gets a new one"
+        );
+        let passt = vmi(serde_json::json!({
+            "domain": {"devices": {"interfaces": [{"name": "default", "passt": {}}]}},
+            "networks": [{"name": "default", "pod": {}}]}));
+        assert_eq!(
+            live_migratable(&passt).unwrap_err().reason,
             "InterfaceNotLiveMigratable"
         );
-        let mut allowed = bridge.clone();
-        allowed.metadata.annotations = Some(
-            [(
-                ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION.to_string(),
-                String::new(),
-            )]
-            .into(),
-        );
-        assert_eq!(live_migratable(&allowed), Ok(()));
         let host = vmi(serde_json::json!({
             "volumes": [{"name": "h", "hostDisk": {"path": "/x.img", "type": "Disk"}},
                         {"name": "c", "containerDisk": {"image": "i"}}]}));

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kuvirt_api::VirtualMachineInstance;
 use kuvirt_api::v1::{
-    MIGRATION_JOB_LABEL, MigrationConfiguration, MigrationMode, VirtualMachineInstanceMigration,
-    VirtualMachineInstanceMigrationState, is_block_migration,
+    IP_ANNOTATION, MIGRATION_IP_ANNOTATION, MIGRATION_JOB_LABEL, MigrationConfiguration,
+    MigrationMode, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState,
+    bridged_pod_ip, is_block_migration,
 };
 use serde_json::{Value, json};
 
@@ -57,10 +58,17 @@ pub fn render(
         MIGRATION_JOB_LABEL.into(),
         m.metadata.uid.clone().unwrap_or_default(),
     );
-    meta.annotations.get_or_insert_default().insert(
+    let annotations = meta.annotations.get_or_insert_default();
+    annotations.insert(
         MIGRATION_JOB_NAME_ANNOTATION.into(),
         m.metadata.name.clone().unwrap_or_default(),
     );
+    // A bridge-bound guest holds its pod IP: the target pod takes the same one over, wherever
+    // it lands (a fixed `kuvirt.io/ip` would otherwise tie the target to the source's pod CIDR).
+    if let Some(ip) = bridged_pod_ip(vmi) {
+        annotations.remove(IP_ANNOTATION);
+        annotations.insert(MIGRATION_IP_ANNOTATION.into(), ip.to_string());
+    }
     let spec = pod.spec.get_or_insert_default();
     let mut selector = m.spec.added_node_selector.clone().unwrap_or_default();
     selector.extend(spec.node_selector.take().unwrap_or_default());
@@ -242,6 +250,36 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ml[CREATED_BY], "vmi-uid");
+    }
+
+    #[test]
+    fn a_bridged_guest_s_target_pod_takes_over_its_address() {
+        let mut v = vmi();
+        v.spec.networks = serde_json::from_value(json!([{"name": "default", "pod": {}}])).unwrap();
+        v.spec.domain.devices.interfaces =
+            serde_json::from_value(json!([{"name": "default", "bridge": {}}])).unwrap();
+        v.status.as_mut().unwrap().interfaces =
+            serde_json::from_value(json!([{"name": "default", "ipAddress": "10.244.0.9"}]))
+                .unwrap();
+        v.metadata.annotations = Some(BTreeMap::from([(
+            IP_ANNOTATION.to_string(),
+            "10.244.0.9".to_string(),
+        )]));
+        let pod = render(&v, &migration(), "kuvirt").unwrap();
+        let a = pod.metadata.annotations.unwrap();
+        assert_eq!(a[MIGRATION_IP_ANNOTATION], "10.244.0.9");
+        assert!(
+            !a.contains_key(IP_ANNOTATION),
+            "a fixed address would hold the target to the source's pod CIDR"
+        );
+        let plain = render(&vmi(), &migration(), "kuvirt").unwrap();
+        assert!(
+            !plain
+                .metadata
+                .annotations
+                .unwrap()
+                .contains_key(MIGRATION_IP_ANNOTATION)
+        );
     }
 
     #[test]
