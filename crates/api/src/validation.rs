@@ -6,6 +6,7 @@
 //! (a disk for every volume, a run strategy) hold only after defaulting.
 
 mod domain;
+mod migration_policy;
 mod network;
 mod path;
 mod storage;
@@ -14,6 +15,7 @@ use std::fmt;
 
 use crate::v1::{RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec};
 
+pub use migration_policy::validate_migration_policy;
 pub use path::FieldPath;
 
 /// The Kubernetes cause type of a [`FieldError`].

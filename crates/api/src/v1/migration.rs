@@ -248,6 +248,9 @@ pub struct MigrationConfiguration {
         rename = "completionTimeoutPerGiB"
     )]
     pub completion_timeout_per_gib: Option<i64>,
+    /// The longest pause of the guest at switchover, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_downtime_ms: Option<u64>,
     /// Seconds without progress before a migration is given up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_timeout: Option<i64>,
@@ -257,6 +260,10 @@ pub struct MigrationConfiguration {
     pub allow_auto_converge: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_post_copy: Option<bool>,
+    /// Past the completion timeout, switch to post-copy or pause the guest (when allowed)
+    /// rather than cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_workload_disruption: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_tls: Option<bool>,
     #[serde(flatten)]
@@ -264,17 +271,20 @@ pub struct MigrationConfiguration {
 }
 
 impl MigrationConfiguration {
-    /// KubeVirt's defaults.
+    /// KubeVirt's defaults (`allowWorkloadDisruption` follows `allowPostCopy`, as KubeVirt's
+    /// cluster configuration makes it).
     pub fn kubevirt_defaults() -> MigrationConfiguration {
         MigrationConfiguration {
             parallel_migrations_per_cluster: Some(5),
             parallel_outbound_migrations_per_node: Some(2),
             bandwidth_per_migration: Some(Quantity("0Mi".into())),
             completion_timeout_per_gib: Some(150),
+            max_downtime_ms: Some(900),
             progress_timeout: Some(150),
             unsafe_migration_override: Some(false),
             allow_auto_converge: Some(false),
             allow_post_copy: Some(false),
+            allow_workload_disruption: Some(false),
             disable_tls: Some(false),
             extra: Extra::new(),
         }
@@ -296,12 +306,16 @@ impl MigrationConfiguration {
             completion_timeout_per_gib: self
                 .completion_timeout_per_gib
                 .or(base.completion_timeout_per_gib),
+            max_downtime_ms: self.max_downtime_ms.or(base.max_downtime_ms),
             progress_timeout: self.progress_timeout.or(base.progress_timeout),
             unsafe_migration_override: self
                 .unsafe_migration_override
                 .or(base.unsafe_migration_override),
             allow_auto_converge: self.allow_auto_converge.or(base.allow_auto_converge),
             allow_post_copy: self.allow_post_copy.or(base.allow_post_copy),
+            allow_workload_disruption: self
+                .allow_workload_disruption
+                .or(base.allow_workload_disruption),
             disable_tls: self.disable_tls.or(base.disable_tls),
             extra: if self.extra.is_empty() {
                 base.extra.clone()
