@@ -95,6 +95,13 @@ pub fn migration(obj: &mut Value) -> Result<(), AdmitError> {
     })
 }
 
+/// KubeVirt's MigrationPolicy checks (its CRD schema and admission webhook).
+pub fn migration_policy(obj: &mut Value) -> Result<(), AdmitError> {
+    typed::<kuvirt_api::migrations::MigrationPolicy>(obj, |p| {
+        kuvirt_api::validate_migration_policy(p).map_err(field_errors)
+    })
+}
+
 pub fn replica_set(obj: &mut Value) -> Result<(), AdmitError> {
     if obj.pointer("/spec/template").is_none() {
         return Err(required("spec.template", "Required value"));
@@ -269,6 +276,35 @@ mod tests {
             panic!("no vmiName accepted")
         };
         assert_eq!(causes[0].field, "spec.vmiName");
+    }
+
+    #[test]
+    fn migration_policy_is_validated_and_keeps_unknown_fields() {
+        let mut p = json!({
+            "apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"selectors": {"namespaceSelector": {"a": "b"}}, "allowPostCopy": true,
+                     "futureKnob": 1}
+        });
+        migration_policy(&mut p).unwrap();
+        assert_eq!(p["spec"]["futureKnob"], 1);
+        let mut bad = json!({"spec": {"selectors": {}, "bandwidthPerMigration": "-1Mi"}});
+        let Err(AdmitError::Invalid(causes)) = migration_policy(&mut bad) else {
+            panic!("negative bandwidth accepted")
+        };
+        assert_eq!(
+            causes,
+            vec![FieldCause {
+                reason: "FieldValueInvalid",
+                field: "spec.bandwidthPerMigration".into(),
+                message: "must not be negative".into(),
+            }]
+        );
+        let mut wrong = json!({"spec": {"selectors": {"namespaceSelector": "a=b"}}});
+        assert!(matches!(
+            migration_policy(&mut wrong),
+            Err(AdmitError::Decode(_))
+        ));
     }
 
     #[test]

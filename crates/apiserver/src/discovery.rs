@@ -35,8 +35,20 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
+/// The version a group is served at (one per group here).
+fn version_of(group: &str) -> &'static str {
+    if group == crate::subresources::GROUP {
+        return crate::subresources::VERSION;
+    }
+    registry()
+        .iter()
+        .find(|r| r.group == group)
+        .map_or("v1", |r| r.version)
+}
+
 fn group_json(group: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    let version = version_of(group);
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
     json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
 }
 
@@ -102,7 +114,8 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 }
 
 fn aggregated_group(group: &str) -> Value {
-    let resources: Vec<Value> = kinds(group, "v1")
+    let version = version_of(group);
+    let resources: Vec<Value> = kinds(group, version)
         .map(|r| {
             let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
             let mut res = json!({
@@ -126,7 +139,7 @@ fn aggregated_group(group: &str) -> Value {
         .collect();
     json!({
         "metadata": {"name": group},
-        "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}],
+        "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
     })
 }
 
@@ -167,6 +180,22 @@ mod tests {
         ));
         assert!(!wants_aggregated("application/json"));
         assert!(group("nope").is_none());
-        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 3);
+        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 4);
+        let policies = group("migrations.kubevirt.io").unwrap();
+        assert_eq!(
+            policies["preferredVersion"]["groupVersion"],
+            "migrations.kubevirt.io/v1alpha1"
+        );
+        let mp = resource_list("migrations.kubevirt.io", "v1alpha1").unwrap();
+        assert_eq!(mp["resources"][0]["name"], "migrationpolicies");
+        assert_eq!(mp["resources"][0]["namespaced"], false);
+        let agg = a["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "migrations.kubevirt.io")
+            .unwrap();
+        assert_eq!(agg["versions"][0]["version"], "v1alpha1");
+        assert_eq!(agg["versions"][0]["resources"][0]["scope"], "Cluster");
     }
 }

@@ -247,6 +247,9 @@ fn kind_schema(g: &mut SchemaGenerator, r: &ResourceType) -> Option<Schema> {
             g.subschema_for::<kuvirt_api::v1::VirtualMachineInstanceMigration>()
         }
         ("kubevirt.io", "VirtualMachineInstanceReplicaSet") => replica_set_schema(g),
+        ("migrations.kubevirt.io", "MigrationPolicy") => {
+            g.subschema_for::<kuvirt_api::migrations::MigrationPolicy>()
+        }
         ("", "Namespace") => g.subschema_for::<Namespace>(),
         ("", "Pod") => g.subschema_for::<Pod>(),
         ("", "Node") => g.subschema_for::<Node>(),

@@ -536,6 +536,8 @@ static REGISTRY: &[ResourceType] = &[
         namespaced: true, status: false, smp: true, columns: AGE_ONLY, fields: [], admit: admission::service_account),
     kind!("coordination.k8s.io", "v1", "Lease", "leases", "lease", [], [],
         namespaced: true, status: false, smp: true, columns: LEASE_COLUMNS, fields: [], admit: admission::lease),
+    kind!("migrations.kubevirt.io", "v1alpha1", "MigrationPolicy", "migrationpolicies", "migrationpolicy", [], [],
+        namespaced: false, status: true, smp: false, columns: AGE_ONLY, fields: [], admit: admission::migration_policy),
 ];
 
 /// Every served kind.
@@ -586,7 +588,15 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(shorts.len(), dedup.len());
-        assert_eq!(groups(), vec!["kubevirt.io", "", "coordination.k8s.io"]);
+        assert_eq!(
+            groups(),
+            vec![
+                "kubevirt.io",
+                "",
+                "coordination.k8s.io",
+                "migrations.kubevirt.io"
+            ]
+        );
     }
 
     #[test]
