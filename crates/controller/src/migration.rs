@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kuvirt_api::VirtualMachineInstance;
+use kuvirt_api::migrations::{MigrationPolicy, Resolved};
 use kuvirt_api::v1::{
-    MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_VMI_LABEL, VirtualMachineInstanceMigration,
+    MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_VMI_LABEL, MigrationConfiguration,
+    VirtualMachineInstanceMigration,
 };
 use serde_json::{Value, json};
 
@@ -544,6 +546,7 @@ impl Pass<'_> {
             .map(Arc::new)
             .collect();
         let source = crate::vmi::current_pod(vmi, &own).and_then(|p| p.metadata.name.clone());
+        let resolved = self.configuration(vmi).await;
         let patch = target::handoff_patch(
             vmi,
             &Handoff {
@@ -551,6 +554,8 @@ impl Pass<'_> {
                 target_pod,
                 target_node,
                 source_pod: source.as_deref(),
+                configuration: &resolved.configuration,
+                policy_name: resolved.policy_name.as_deref(),
             },
         );
         match self.patch_vmi(patch).await {
@@ -562,6 +567,54 @@ impl Pass<'_> {
                 Err(e.into())
             }
         }
+    }
+
+    /// The configuration the migration runs with: KubeVirt's defaults with the matching
+    /// MigrationPolicy applied (KubeVirt's virt-controller, at the handoff). Policies or a
+    /// namespace that cannot be read leave the defaults, logged: they never hold a migration
+    /// up.
+    async fn configuration(&self, vmi: &VirtualMachineInstance) -> Resolved {
+        let base = MigrationConfiguration::kubevirt_defaults();
+        let defaults = |why: &str, e: &kube::Error| {
+            tracing::warn!(
+                migration = %self.name(), namespace = %self.ns, error = %e,
+                "{why}; the migration runs with KubeVirt's defaults"
+            );
+            Resolved {
+                configuration: MigrationConfiguration::kubevirt_defaults(),
+                policy_name: None,
+            }
+        };
+        let client = &self.ctx.client;
+        let policies = match Api::<MigrationPolicy>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => return defaults("cannot list migration policies", &e),
+        };
+        if policies.is_empty() {
+            return Resolved {
+                configuration: base,
+                policy_name: None,
+            };
+        }
+        let labels = match Api::<Namespace>::all(client.clone())
+            .get_opt(&self.ns)
+            .await
+        {
+            Ok(ns) => ns.and_then(|n| n.metadata.labels).unwrap_or_default(),
+            Err(e) => return defaults("cannot read the VMI's namespace", &e),
+        };
+        let resolved = kuvirt_api::migrations::resolve(&policies, vmi, &labels, &base);
+        match &resolved.policy_name {
+            Some(p) => tracing::info!(
+                migration = %self.name(), namespace = %self.ns,
+                "migration is updated by migration policy named {p}"
+            ),
+            None => tracing::debug!(migration = %self.name(), "no migration policy matched"),
+        }
+        resolved
     }
 
     /// Writes the migration's status subresource.

@@ -120,11 +120,15 @@ pub struct Handoff<'a> {
     pub target_node: &'a str,
     /// The VMI's current launcher pod.
     pub source_pod: Option<&'a str>,
+    /// What the migration runs with: KubeVirt's defaults, or a MigrationPolicy's over them.
+    pub configuration: &'a MigrationConfiguration,
+    /// The MigrationPolicy the configuration came from.
+    pub policy_name: Option<&'a str>,
 }
 
 /// The handoff's merge patch on the VMI, conditional on the VMI's resourceVersion: a fresh
-/// `status.migrationState` (who moves where, with which configuration; everything an earlier
-/// migration left cleared), `status.migrationMethod` and the target node label.
+/// `status.migrationState` (who moves where, with which configuration and policy; everything
+/// an earlier migration left cleared), `status.migrationMethod` and the target node label.
 pub fn handoff_patch(vmi: &VirtualMachineInstance, h: &Handoff<'_>) -> Value {
     let status = vmi.status.as_ref();
     let fresh = VirtualMachineInstanceMigrationState {
@@ -133,7 +137,8 @@ pub fn handoff_patch(vmi: &VirtualMachineInstance, h: &Handoff<'_>) -> Value {
         source_pod: h.source_pod.map(String::from),
         target_node: Some(h.target_node.into()),
         target_pod: Some(h.target_pod.into()),
-        migration_configuration: Some(MigrationConfiguration::kubevirt_defaults()),
+        migration_configuration: Some(h.configuration.clone()),
+        migration_policy_name: h.policy_name.map(String::from),
         mode: Some(MigrationMode::PreCopy),
         ..VirtualMachineInstanceMigrationState::default()
     };
@@ -322,6 +327,8 @@ mod tests {
                 target_pod: "virt-launcher-vm-x",
                 target_node: "n2",
                 source_pod: Some("virt-launcher-vm-a"),
+                configuration: &MigrationConfiguration::kubevirt_defaults(),
+                policy_name: None,
             },
         );
         assert_eq!(p["metadata"]["resourceVersion"], "42");
@@ -355,6 +362,66 @@ mod tests {
     }
 
     #[test]
+    fn handoff_writes_the_policy_s_configuration_and_name() {
+        let mut v = vmi();
+        v.status.as_mut().unwrap().migration_state = Some(
+            serde_json::from_value(json!({
+                "migrationUid": "old", "migrationPolicyName": "older-policy",
+                "migrationConfiguration": {"bandwidthPerMigration": "1Mi", "allowPostCopy": true},
+            }))
+            .unwrap(),
+        );
+        let configuration = MigrationConfiguration {
+            bandwidth_per_migration: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "64Mi".into(),
+            )),
+            allow_auto_converge: Some(true),
+            completion_timeout_per_gib: Some(30),
+            ..MigrationConfiguration::kubevirt_defaults()
+        };
+        let h = Handoff {
+            migration_uid: "mig-uid",
+            target_pod: "p",
+            target_node: "n2",
+            source_pod: None,
+            configuration: &configuration,
+            policy_name: Some("fast-db"),
+        };
+        let p = handoff_patch(&v, &h);
+        let s = &p["status"]["migrationState"];
+        assert_eq!(s["migrationPolicyName"], "fast-db");
+        let c = &s["migrationConfiguration"];
+        assert_eq!(c["bandwidthPerMigration"], "64Mi");
+        assert_eq!(c["allowAutoConverge"], true);
+        assert_eq!(c["completionTimeoutPerGiB"], 30);
+        assert_eq!(c["allowPostCopy"], false);
+        assert_eq!(c["progressTimeout"], 150);
+        let mut doc = serde_json::to_value(&v).unwrap();
+        merge(&mut doc, &p);
+        let state: VirtualMachineInstanceMigrationState =
+            serde_json::from_value(doc["status"]["migrationState"].clone()).unwrap();
+        assert_eq!(state.migration_policy_name.as_deref(), Some("fast-db"));
+        assert_eq!(state.migration_configuration.as_ref(), Some(&configuration));
+
+        // The next migration, under no policy, leaves no name behind.
+        let v2: VirtualMachineInstance = serde_json::from_value(doc).unwrap();
+        let defaults = MigrationConfiguration::kubevirt_defaults();
+        let p2 = handoff_patch(
+            &v2,
+            &Handoff {
+                migration_uid: "next",
+                configuration: &defaults,
+                policy_name: None,
+                ..h
+            },
+        );
+        let s2 = &p2["status"]["migrationState"];
+        assert!(s2["migrationPolicyName"].is_null());
+        assert_eq!(s2["migrationConfiguration"]["bandwidthPerMigration"], "0Mi");
+        assert_eq!(s2["migrationConfiguration"]["allowAutoConverge"], false);
+    }
+
+    #[test]
     fn a_shared_disk_vmi_migrates_live() {
         let mut v = vmi();
         v.spec.volumes.clear();
@@ -365,6 +432,8 @@ mod tests {
                 target_pod: "p",
                 target_node: "n2",
                 source_pod: None,
+                configuration: &MigrationConfiguration::kubevirt_defaults(),
+                policy_name: None,
             },
         );
         assert_eq!(p["status"]["migrationMethod"], "LiveMigration");
