@@ -121,8 +121,19 @@ pub fn replica_set(obj: &mut Value) -> Result<(), AdmitError> {
     Ok(())
 }
 
+/// The label Kubernetes keeps on every namespace: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 pub fn namespace(obj: &mut Value) -> Result<(), AdmitError> {
     typed::<k8s_openapi::api::core::v1::Namespace>(obj, |ns| {
+        // Kubernetes labels every namespace with its name (what namespace selectors, such as
+        // a MigrationPolicy's, pick a namespace by).
+        if let Some(name) = ns.metadata.name.clone() {
+            ns.metadata
+                .labels
+                .get_or_insert_default()
+                .insert(NAMESPACE_NAME_LABEL.into(), name);
+        }
         let status = ns.status.get_or_insert_with(Default::default);
         if status.phase.is_none() {
             status.phase = Some("Active".into());
@@ -305,6 +316,18 @@ mod tests {
             migration_policy(&mut wrong),
             Err(AdmitError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn namespaces_are_labelled_with_their_name() {
+        let mut ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": "hpc", "labels": {"kubernetes.io/metadata.name": "x", "a": "b"}}});
+        namespace(&mut ns).unwrap();
+        assert_eq!(
+            ns["metadata"]["labels"],
+            json!({"kubernetes.io/metadata.name": "hpc", "a": "b"})
+        );
+        assert_eq!(ns["status"]["phase"], "Active");
     }
 
     #[test]

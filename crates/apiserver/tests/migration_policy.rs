@@ -274,6 +274,17 @@ fn kubectl_applies_lists_and_explains_policies() {
         ]
     );
 
+    // Namespaces carry their name as a label, as in Kubernetes: namespace selectors use it.
+    s.ok(&["create", "namespace", "hpc"]);
+    let label = s.ok(&[
+        "get",
+        "namespace",
+        "hpc",
+        "-o",
+        r"jsonpath={.metadata.labels.kubernetes\.io/metadata\.name}",
+    ]);
+    assert_eq!(label, "hpc");
+
     let explain = s.ok(&["explain", "migrationpolicies.spec.selectors"]);
     assert!(
         explain.contains("virtualMachineInstanceSelector"),
