@@ -7,13 +7,13 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kuvirt_api::v1::{IP_ANNOTATION, IP_LEASE_ANNOTATION};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 use serde_json::json;
 
-use crate::sandbox::ipam::IpRequest;
+use crate::sandbox::ipam::{Cidr, IpRequest};
 
 /// The address `pod` asks for under `key`, if any; `Err` names an annotation that is not an
 /// IPv4 address.
@@ -77,6 +77,25 @@ pub async fn request(
         prefer,
         reserved,
     })
+}
+
+/// Where a migration target pod's address comes from: the pod CIDR (of whichever node) that
+/// holds `ip`, which the target takes over from its source (`kuvirt.io/migration-ip`); `own`
+/// when it is this node's. `Err` says why no pod CIDR was found.
+pub async fn home_cidr(client: &kube::Client, ip: Ipv4Addr, own: Cidr) -> Result<Cidr, String> {
+    if own.contains(ip) {
+        return Ok(own);
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing the nodes for the pod CIDR of {ip}: {e}"))?;
+    list.items
+        .iter()
+        .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_deref()?.parse::<Cidr>().ok())
+        .find(|c| c.contains(ip))
+        .ok_or_else(|| format!("no node's pod CIDR holds {ip}"))
 }
 
 /// Writes `ip` as the lease of the VM that owns `vmi` when it does not say so already (best

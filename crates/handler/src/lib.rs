@@ -10,6 +10,7 @@ pub mod migration;
 pub mod node;
 pub mod nodevmis;
 pub mod pods;
+pub mod routes;
 pub mod sandbox;
 pub mod services;
 pub mod simulated;

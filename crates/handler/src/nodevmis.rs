@@ -19,6 +19,8 @@ type Key = ObjectRef<VirtualMachineInstance>;
 #[derive(Clone, Default)]
 struct Wakers {
     by_vmi: Arc<Mutex<HashMap<Key, Vec<Arc<Notify>>>>>,
+    /// Woken by any change (the node's pod routes follow the VMIs here).
+    any: Arc<Notify>,
 }
 
 impl Wakers {
@@ -27,6 +29,7 @@ impl Wakers {
         for n in map.get(key).into_iter().flatten() {
             n.notify_one();
         }
+        self.any.notify_one();
     }
 
     fn wake_all(&self) {
@@ -34,6 +37,7 @@ impl Wakers {
         for n in map.values().flatten() {
             n.notify_one();
         }
+        self.any.notify_one();
     }
 }
 
@@ -124,6 +128,16 @@ impl NodeVmis {
             (Some(h), _) => Some(h),
             (None, a) => a,
         }
+    }
+
+    /// The VMIs whose `status.nodeName` is this node, as the watch has them.
+    pub fn here(&self) -> Vec<Arc<VirtualMachineInstance>> {
+        self.store.state()
+    }
+
+    /// Resolves once any of the node's VMIs changed since the last call (one waiter).
+    pub async fn any_changed(&self) {
+        self.wakers.any.notified().await;
     }
 
     /// Follows the changes of VMI `ns/name`.

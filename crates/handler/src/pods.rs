@@ -100,9 +100,7 @@ impl Runtime {
         uid: &str,
     ) -> Result<Option<MadeSandbox>, SandboxError> {
         match self {
-            Runtime::Launcher => {
-                sandbox::find(cfg, cidr, uid).map(|f| f.map(|sb| (sb.ip, Some(sb))))
-            }
+            Runtime::Launcher => sandbox::find(cfg, uid).map(|f| f.map(|sb| (sb.ip, Some(sb)))),
             Runtime::Simulated => Ipam::new(&cfg.state_dir, cidr)
                 .lookup(uid)
                 .map(|ip| ip.map(|ip| (ip, None))),
@@ -323,6 +321,19 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
     // The VMIs on this node, watched once for every monitor: a GET per VM and round would
     // grow with the VMs (2 reads a second per VM).
     let (vmi_cache, vmi_watch) = NodeVmis::watch(&client, &cfg.node);
+    // Routes to the other nodes' pods and to guests that moved live (a simulated node has no
+    // network of its own).
+    let routes = (cfg.runtime == Runtime::Launcher).then(|| {
+        tokio::spawn(crate::routes::run(
+            client.clone(),
+            crate::routes::RoutesConfig {
+                node: cfg.node.clone(),
+                cidr: net.cidr,
+                sandbox: net.sandbox.clone(),
+            },
+            vmi_cache.clone(),
+        ))
+    });
     let mut events = watcher(pods, wc).default_backoff().boxed();
     while let Some(ev) = events.next().await {
         let ev = match ev {
@@ -409,6 +420,9 @@ pub async fn run(client: kube::Client, cfg: RunnerConfig) -> Result<(), Error> {
         }
     }
     vmi_watch.abort();
+    if let Some(r) = routes {
+        r.abort();
+    }
     Ok(())
 }
 
@@ -654,15 +668,38 @@ async fn start(
     let limits = Limits::from_pod(pod);
     // The pod IP: the VM's sticky or requested one (`kuvirt.io/ip`), else a new one no other VM
     // keeps.
-    let want = match addresses::request(client, pod, &ns, &vmi_obj).await {
+    let mut want = match addresses::request(client, pod, &ns, &vmi_obj).await {
         Ok(w) => w,
         Err(why) => {
             return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
         }
     };
+    // A migration target of a bridge-bound guest takes over the guest's address, from whichever
+    // node's pod CIDR it comes (the routes follow once this node takes the VMI over).
+    let moving = match addresses::requested(pod, kuvirt_api::v1::MIGRATION_IP_ANNOTATION) {
+        Ok(m) => m,
+        Err(why) => {
+            return Err(refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await);
+        }
+    };
+    let cidr = match moving {
+        Some(ip) => match addresses::home_cidr(client, ip, net.cidr).await {
+            Ok(c) => {
+                want.address = Some(ip);
+                want.prefer = None;
+                c
+            }
+            Err(why) => {
+                return Err(
+                    refuse_address(client, &log, &ns, &pod_name, &vmi, &vmi_uid, &why).await,
+                );
+            }
+        },
+        None => net.cidr,
+    };
     let runtime = cfg.runtime;
     let created = tokio::task::spawn_blocking({
-        let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
+        let (sbc, uid) = (net.sandbox.clone(), uid.clone());
         move || runtime.create_sandbox(&sbc, cidr, &uid, &limits, &want)
     })
     .await
@@ -675,6 +712,14 @@ async fn start(
         }
         Err(e) => return Err(Error::Pod(format!("sandbox: {e}"))),
     };
+    // Another node's address leaves this node masqueraded, like the node's own pods' (the
+    // target's launcher talks to the API server long before the guest moves here).
+    if sb.is_some() && !net.cidr.contains(ip) {
+        let sbc = net.sandbox.clone();
+        if let Err(e) = blocking(move || sandbox::net::add_hosted(&sbc, ip)).await {
+            tracing::warn!(error = %e, %ip, "masquerading a migration target's address");
+        }
+    }
     let undo = |e: Error| {
         let (sbc, cidr, uid) = (net.sandbox.clone(), net.cidr, uid.clone());
         async move {

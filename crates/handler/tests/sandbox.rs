@@ -187,10 +187,7 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
     let again = sandbox::create(cfg, node.cidr, UID_A, &limits, &Default::default()).unwrap();
     assert_eq!(again, a);
     assert_eq!(eth0_addresses(&a.netns).len(), 1);
-    assert_eq!(
-        sandbox::find(cfg, node.cidr, UID_A).unwrap().unwrap().ip,
-        a.ip
-    );
+    assert_eq!(sandbox::find(cfg, UID_A).unwrap().unwrap().ip, a.ip);
 
     // A second pod: another address, and the two reach each other over the bridge.
     let b = sandbox::create(
@@ -222,7 +219,7 @@ fn a_pod_gets_a_namespace_an_address_nat_dns_and_a_cgroup_and_loses_them_at_tear
     for d in &a.cgroups {
         assert!(!d.exists(), "{}", d.display());
     }
-    assert!(sandbox::find(cfg, node.cidr, UID_A).unwrap().is_none());
+    assert!(sandbox::find(cfg, UID_A).unwrap().is_none());
     assert!(ping(Some(&b.netns), b.gateway));
     // Twice is fine.
     sandbox::teardown(cfg, UID_A).unwrap();
@@ -385,7 +382,25 @@ fn node_set_up_is_idempotent_opens_a_dropping_forward_chain_and_its_teardown_is_
     let (_, addrs) = sh("ip", &["-br", "addr", "show", "dev", &cfg.bridge]);
     assert_eq!(addrs.matches("10.251.4.1/24").count(), 1, "{addrs}");
     let (_, table) = sh("nft", &["list", "table", "ip", &cfg.nft_table]);
-    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+    // The node's CIDR, and the addresses of guests that moved here.
+    assert_eq!(table.matches("masquerade").count(), 2, "{table}");
+    net::set_hosted(
+        cfg,
+        &[Ipv4Addr::new(10, 244, 9, 5), Ipv4Addr::new(10, 244, 9, 6)],
+    )
+    .unwrap();
+    net::set_hosted(cfg, &[Ipv4Addr::new(10, 244, 9, 6)]).unwrap();
+    let (_, set) = sh(
+        "nft",
+        &["list", "set", "ip", &cfg.nft_table, net::HOSTED_SET],
+    );
+    assert!(set.contains("elements = { 10.244.9.6 }"), "{set}");
+    // Every node's bridge has the same MAC and answers ARP for what it routes elsewhere.
+    let (_, link) = sh("ip", &["-br", "link", "show", "dev", &cfg.bridge]);
+    assert!(link.contains(net::BRIDGE_MAC), "{link}");
+    let proxy =
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", cfg.bridge));
+    assert_eq!(proxy.unwrap().trim(), "1");
     // The host's dropping forward chain lets the bridge through, once.
     let chain = host_fw.chain();
     assert_eq!(

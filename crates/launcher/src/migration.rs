@@ -541,16 +541,28 @@ async fn run_when_arrived(
                 if let Err(e) = qmp.cont().await {
                     tracing::warn!(error = %e, "migration target: running the guest");
                 }
+                announce(&qmp).await;
                 return;
             }
             Some("postcopy-active") => {
                 if let Err(e) = qmp.cont().await {
                     tracing::warn!(error = %e, "migration target: running the guest in post-copy");
                 }
+                announce(&qmp).await;
                 return;
             }
             _ => {}
         }
+    }
+}
+
+/// Tells the network the guest's MACs are here now, once it runs: RARPs from each NIC (and,
+/// for a virtio-net guest, a request to send its own gratuitous ARPs), five rounds from 50 ms,
+/// so bridges and switches on the new node learn where the guest is.
+async fn announce(qmp: &Qmp) {
+    let params = serde_json::json!({"initial": 50, "max": 550, "rounds": 5, "step": 100});
+    if let Err(e) = qmp.execute("announce-self", Some(params)).await {
+        tracing::warn!(error = %e, "migration target: announcing the guest's MACs");
     }
 }
 

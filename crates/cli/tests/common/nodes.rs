@@ -64,6 +64,81 @@ impl NetNode {
     }
 }
 
+/// A link the nodes share (a bridge on this host, like a switch between machines), so their
+/// agents can route each other's pod CIDRs through each other: HOST_IP (`.1`) is ours.
+pub struct Lan {
+    pub bridge: String,
+    pub host_ip: String,
+    net: String,
+}
+
+impl Lan {
+    pub fn create() -> Lan {
+        let id = std::process::id() % 10_000;
+        let lan = Lan {
+            bridge: format!("kvtl{id}"),
+            host_ip: format!("10.249.{}.1", id % 256),
+            net: format!("10.249.{}", id % 256),
+        };
+        let _ = Command::new("ip")
+            .args(["link", "del", &lan.bridge])
+            .output();
+        ip(&["link", "add", &lan.bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", lan.host_ip),
+            "dev",
+            &lan.bridge,
+        ]);
+        ip(&["link", "set", &lan.bridge, "up"]);
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+impl NetNode {
+    /// Node `k` (1-9) of this test process on `lan`, at `.{k+1}`.
+    pub fn on_lan(k: u32, lan: &Lan) -> NetNode {
+        let id = std::process::id() % 10_000 * 10 + k;
+        let n = NetNode {
+            ns: format!("kvt-node-{id}"),
+            host_if: format!("kvth{id}"),
+            host_ip: lan.host_ip.clone(),
+            node_ip: format!("{}.{}", lan.net, k + 1),
+        };
+        let _ = Command::new("ip").args(["netns", "del", &n.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &n.host_if])
+            .output();
+        ip(&["netns", "add", &n.ns]);
+        let inner = format!("kvtn{id}");
+        ip(&[
+            "link", "add", &n.host_if, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &n.ns]);
+        ip(&["link", "set", &n.host_if, "master", &lan.bridge, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["-n", n.ns.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        in_ns(&["link", "set", "lo", "up"]);
+        in_ns(&["link", "set", &inner, "name", "eth0"]);
+        in_ns(&["addr", "add", &format!("{}/24", n.node_ip), "dev", "eth0"]);
+        in_ns(&["link", "set", "eth0", "up"]);
+        in_ns(&["route", "add", "default", "via", &n.host_ip]);
+        n
+    }
+}
+
 impl Drop for NetNode {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();

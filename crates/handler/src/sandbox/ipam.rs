@@ -15,7 +15,7 @@ use super::SandboxError;
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 
 /// An IPv4 network in CIDR notation; the address is the network address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     network: Ipv4Addr,
     prefix: u8,
@@ -334,6 +334,52 @@ pub fn all_owners(state_dir: &Path) -> Result<Vec<String>, SandboxError> {
     uids.sort();
     uids.dedup();
     Ok(uids)
+}
+
+/// The address `uid` holds in any pod CIDR under `state_dir`, with that CIDR (a migration
+/// target holds its VM's address in the CIDR of the node it came from).
+pub fn lookup_everywhere(
+    state_dir: &Path,
+    uid: &str,
+) -> Result<Option<(Cidr, Ipv4Addr)>, SandboxError> {
+    let root = ipam_root(state_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(None);
+    };
+    for dir in entries.flatten() {
+        let Some(cidr) = dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(a, p)| Cidr::new(a.parse().ok()?, p.parse().ok()?).ok())
+        else {
+            continue;
+        };
+        if let Some((ip, _)) = owners_in(&dir.path())?.into_iter().find(|(_, o)| o == uid) {
+            return Ok(Some((cidr, ip)));
+        }
+    }
+    Ok(None)
+}
+
+/// The addresses held under `state_dir` outside `own` (migration targets' of other nodes'
+/// pod CIDRs).
+pub fn addresses_outside(state_dir: &Path, own: Cidr) -> Result<Vec<Ipv4Addr>, SandboxError> {
+    let root = ipam_root(state_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for dir in entries.flatten() {
+        out.extend(
+            owners_in(&dir.path())?
+                .into_iter()
+                .map(|(ip, _)| ip)
+                .filter(|ip| !own.contains(*ip)),
+        );
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Frees whatever address `uid` holds in any pod CIDR under `state_dir`.

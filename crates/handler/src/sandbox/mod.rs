@@ -165,8 +165,10 @@ pub fn setup_node(cfg: &SandboxConfig, cidr: Cidr) -> Result<(), SandboxError> {
     net::setup_node(cfg, cidr)
 }
 
-/// Makes the sandbox of pod `uid` (or completes and returns the one it has: the same IP). A
-/// failure part way tears down what was made.
+/// Makes the sandbox of pod `uid` (or completes and returns the one it has: the same IP) with
+/// an address of `cidr`: the node's pod CIDR, or for a migration target taking over its VM's
+/// address the CIDR that address comes from (the pod's gateway is that CIDR's, which the node
+/// bridge answers for by proxy ARP). A failure part way tears down what was made.
 pub fn create(
     cfg: &SandboxConfig,
     cidr: Cidr,
@@ -208,10 +210,11 @@ pub fn create(
 }
 
 /// The sandbox pod `uid` already has (its address is held and its namespace exists), for a
-/// launcher that outlived the node agent: reused as it is, never re-created.
-pub fn find(cfg: &SandboxConfig, cidr: Cidr, uid: &str) -> Result<Option<Sandbox>, SandboxError> {
+/// launcher that outlived the node agent: reused as it is, never re-created. Its address may lie
+/// in another node's pod CIDR (a migration target's).
+pub fn find(cfg: &SandboxConfig, uid: &str) -> Result<Option<Sandbox>, SandboxError> {
     let netns = cfg.netns_name(uid)?;
-    let Some(ip) = Ipam::new(&cfg.state_dir, cidr).lookup(uid)? else {
+    let Some((cidr, ip)) = ipam::lookup_everywhere(&cfg.state_dir, uid)? else {
         return Ok(None);
     };
     if !net::netns_exists(&netns) {

@@ -61,6 +61,13 @@ pub fn setup_node(cfg: &SandboxConfig, cidr: Cidr) -> Result<(), SandboxError> {
     {
         return Err(e);
     }
+    // One gateway MAC on every node: a guest that moved here keeps its ARP entry for its
+    // gateway (and a bridge's MAC no longer follows its ports as pods come and go).
+    run("ip", &["link", "set", br, "address", BRIDGE_MAC])?;
+    // Guests that moved here hold addresses of other nodes' CIDRs, with those CIDRs' gateways:
+    // the bridge answers ARP for whatever it routes elsewhere.
+    let proxy_arp = format!("/proc/sys/net/ipv4/conf/{br}/proxy_arp");
+    std::fs::write(&proxy_arp, "1").map_err(|e| SandboxError::io(Path::new(&proxy_arp), e))?;
     let addr = format!("{gw}/{}", cidr.prefix());
     run("ip", &["addr", "replace", &addr, "dev", br])?;
     // Dual stack: the IPv6 gateway that goes with the IPv4 one (no duplicate detection: the
@@ -71,6 +78,17 @@ pub fn setup_node(cfg: &SandboxConfig, cidr: Cidr) -> Result<(), SandboxError> {
     run("ip", &["link", "set", br, "up"])?;
     enable_forwarding()?;
     run_with_stdin("nft", &["-f", "-"], Some(&nft_script(cfg, cidr)))?;
+    // Answers to a hosted address's own connections (marked by the table) go back onto the
+    // bridge, even while the address is still routed to the node the guest comes from.
+    let (mark, table) = (reply_mark(cfg).to_string(), reply_mark(cfg).to_string());
+    run(
+        "ip",
+        &["route", "replace", "default", "dev", br, "table", &table],
+    )?;
+    let rules = run("ip", &["rule", "show", "fwmark", &mark])?;
+    if rules.trim().is_empty() {
+        run("ip", &["rule", "add", "fwmark", &mark, "lookup", &table])?;
+    }
     let ruleset = run_json("nft", &["-j", "list", "ruleset"])?;
     let comment = forward_comment(cfg);
     for chain in dropping_forward_chains(&ruleset, &cfg.nft_table) {
@@ -97,6 +115,13 @@ pub fn teardown_node(cfg: &SandboxConfig) -> Result<(), SandboxError> {
             &mut first,
             run("ip", &["link", "del", &cfg.bridge]).map(drop),
         );
+    }
+    let mark = reply_mark(cfg).to_string();
+    while run("ip", &["rule", "show", "fwmark", &mark]).is_ok_and(|r| !r.trim().is_empty()) {
+        if let Err(e) = run("ip", &["rule", "del", "fwmark", &mark]) {
+            keep_first(&mut first, Err(e));
+            break;
+        }
     }
     let table = &cfg.nft_table;
     for family in ["ip", "ip6"] {
@@ -156,19 +181,137 @@ fn enable_forwarding() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The routing protocol number that marks the routes a node agent installs towards pods on
+/// other nodes (`ip route show proto 77`).
+pub const ROUTE_PROTO: &str = "77";
+
+/// A route to pod addresses: through another node (`via` its address), or onto the node bridge
+/// (a guest that moved here with another node's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRoute {
+    pub dst: Cidr,
+    pub via: Option<Ipv4Addr>,
+}
+
+impl std::fmt::Display for PodRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.via {
+            Some(gw) => write!(f, "{} via {gw}", self.dst),
+            None => write!(f, "{} on the bridge", self.dst),
+        }
+    }
+}
+
+/// Installs (or changes) route `r` in the main table.
+pub fn replace_route(cfg: &SandboxConfig, r: &PodRoute) -> Result<(), SandboxError> {
+    let dst = r.dst.to_string();
+    match r.via {
+        Some(gw) => run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &dst,
+                "via",
+                &gw.to_string(),
+                "proto",
+                ROUTE_PROTO,
+            ],
+        ),
+        None => run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &dst,
+                "dev",
+                &cfg.bridge,
+                "proto",
+                ROUTE_PROTO,
+            ],
+        ),
+    }
+    .map(drop)
+}
+
+/// Removes our route to `r.dst`, if it is still there.
+pub fn delete_route(r: &PodRoute) -> Result<(), SandboxError> {
+    let dst = r.dst.to_string();
+    match run("ip", &["route", "del", &dst, "proto", ROUTE_PROTO]) {
+        Ok(_) => Ok(()),
+        Err(SandboxError::Command { stderr, .. }) if stderr.contains("No such process") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The node bridge's MAC address, the same on every node (locally administered).
+pub const BRIDGE_MAC: &str = "0a:6b:76:00:00:01";
+
+/// The set in our `ip` table of the addresses of other nodes' CIDRs whose guests run here
+/// (they moved here live): masqueraded like the node's own pods.
+pub const HOSTED_SET: &str = "hosted";
+
+/// Makes [`HOSTED_SET`] hold exactly `ips` (one transaction).
+pub fn set_hosted(cfg: &SandboxConfig, ips: &[Ipv4Addr]) -> Result<(), SandboxError> {
+    let t = &cfg.nft_table;
+    let mut script = format!("flush set ip {t} {HOSTED_SET}\n");
+    if !ips.is_empty() {
+        let list: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+        script.push_str(&format!(
+            "add element ip {t} {HOSTED_SET} {{ {} }}\n",
+            list.join(", ")
+        ));
+    }
+    run_with_stdin("nft", &["-f", "-"], Some(&script)).map(drop)
+}
+
+/// The packet mark (and routing table number) of answers to connections a hosted address
+/// opened: one per node bridge (a host may carry several, in tests), in 0x4b000..0x4bfff.
+pub fn reply_mark(cfg: &SandboxConfig) -> u32 {
+    let h = cfg
+        .bridge
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    0x4b000 + h % 0x1000
+}
+
+/// Adds `ip` to [`HOSTED_SET`] (a migration target's sandbox with another node's address: its
+/// launcher must reach the API server before the guest moves).
+pub fn add_hosted(cfg: &SandboxConfig, ip: Ipv4Addr) -> Result<(), SandboxError> {
+    let script = format!("add element ip {} {HOSTED_SET} {{ {ip} }}\n", cfg.nft_table);
+    run_with_stdin("nft", &["-f", "-"], Some(&script)).map(drop)
+}
+
 /// Our table, replaced as a whole in one transaction (so a re-run never duplicates rules).
 fn nft_script(cfg: &SandboxConfig, cidr: Cidr) -> String {
     let t = &cfg.nft_table;
     let br = &cfg.bridge;
     let mut out = String::new();
     for (family, saddr, range) in [("ip", "ip", cidr.to_string()), ("ip6", "ip6", cidr.ipv6())] {
+        let (set, hosted) = if family == "ip" {
+            let mark = reply_mark(cfg);
+            (
+                format!(
+                    "\tset {HOSTED_SET} {{ type ipv4_addr; }}\n\
+                     \tchain prerouting {{\n\
+                     \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+                     \t\tct direction reply ct original ip saddr @{HOSTED_SET} meta mark set {mark:#x}\n\
+                     \t}}\n"
+                ),
+                format!("\t\tip saddr @{HOSTED_SET} oifname != \"{br}\" masquerade\n"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         out.push_str(&format!(
             "table {family} {t} {{}}\n\
              delete table {family} {t}\n\
              table {family} {t} {{\n\
+             {set}\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\t{saddr} saddr {range} oifname != \"{br}\" masquerade\n\
+             {hosted}\
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
