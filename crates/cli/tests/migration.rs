@@ -21,7 +21,7 @@ use common::*;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use kuvirt_api::v1::{MigrationPhase, VirtualMachineInstanceMigration};
+use kuvirt_api::v1::{MigrationAbortStatus, MigrationPhase, VirtualMachineInstanceMigration};
 use kuvirt_api::{VirtualMachine, VirtualMachineInstance};
 
 fn last_heartbeat(log: &str) -> u64 {
@@ -498,4 +498,239 @@ async fn a_bridged_vm_keeps_its_ip_and_answers_throughout_the_move() {
         "the guest booted again on {target}: {there}"
     );
     halt(&vms, &["bridged"], c.state(target)).await;
+}
+
+impl Cluster {
+    /// A MigrationPolicy for every VMI that holds each migration to `bandwidth` per second, so a
+    /// test can act while the memory is still on its way.
+    async fn slow_migrations(&self, bandwidth: &str) {
+        let policies: Api<kuvirt_api::migrations::MigrationPolicy> = Api::all(self.client.clone());
+        let policy: kuvirt_api::migrations::MigrationPolicy =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+                "metadata": {"name": "slow"},
+                "spec": {"selectors": {}, "bandwidthPerMigration": bandwidth},
+            }))
+            .unwrap();
+        policies
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+    }
+
+    /// The VMI's migration state once the source is sending the memory.
+    async fn copying(&self, vm: &str) {
+        let vmis = self.vmis();
+        until(
+            "the memory is on its way",
+            Duration::from_secs(120),
+            async || {
+                let v = vmis.get_opt(vm).await.ok()??;
+                let ms = v.status?.migration_state?;
+                (ms.start_timestamp.is_some() && ms.completed != Some(true)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The guest keeps counting on `node` and never booted again.
+    async fn counts_on(&self, vm: &str, node: &str) {
+        let state = self.state(node).to_path_buf();
+        let before = last_heartbeat(&serial_log(&state, "default", vm));
+        until(
+            &format!("{vm} counts on {node}"),
+            Duration::from_secs(60),
+            async || {
+                (last_heartbeat(&serial_log(&state, "default", vm)) >= before + 3).then_some(())
+            },
+        )
+        .await;
+        let log = serial_log(&state, "default", vm);
+        assert_eq!(
+            log.matches("kuvirt-guest: booted").count(),
+            1,
+            "{vm} booted again: {log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_migration_leaves_the_vm_running_on_the_source() {
+    let c = Cluster::up().await;
+    c.slow_migrations("1Mi").await;
+    let (vms, vmis) = (c.vms(), c.vmis());
+    let (source, _) = c
+        .start_vm("stays", serde_json::json!({"masquerade": {}}))
+        .await;
+    let target = other(&source);
+    c.migrate("stays");
+    c.copying("stays").await;
+    let out = Command::new(KUVIRT)
+        .args(["migrate-cancel", "stays", "--kubeconfig"])
+        .arg(&c.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "VM stays was scheduled to migrate-cancel"
+    );
+    // The migration object ends Failed on its way out (its finalizer waits for the abort).
+    let migrations = c.migrations();
+    let mut phases = Vec::new();
+    until(
+        "the migration is gone",
+        Duration::from_secs(120),
+        async || {
+            let list = migrations
+                .list(&ListParams::default().labels("kubevirt.io/vmi-name=stays"))
+                .await
+                .ok()?;
+            match list.items.first() {
+                Some(m) => {
+                    phases.extend(m.status.as_ref().and_then(|s| s.phase.clone()));
+                    None
+                }
+                None => Some(()),
+            }
+        },
+    )
+    .await;
+    // The source agent reports the abort's outcome.
+    let ms = until("the abort's outcome", Duration::from_secs(60), async || {
+        let s = vmis.get("stays").await.ok()?.status?;
+        let settled = matches!(
+            s.migration_state.as_ref()?.abort_status,
+            Some(MigrationAbortStatus::Succeeded | MigrationAbortStatus::Failed)
+        );
+        settled.then_some(s)
+    })
+    .await;
+    assert_eq!(
+        ms.node_name.as_deref(),
+        Some(source.as_str()),
+        "{}",
+        c.show()
+    );
+    let state = ms.migration_state.unwrap();
+    assert_eq!(state.abort_requested, Some(true), "{state:?}");
+    assert_eq!(
+        state.abort_status,
+        Some(MigrationAbortStatus::Succeeded),
+        "{state:?}"
+    );
+    assert_eq!(state.failed, Some(true), "{state:?}");
+    if let Some(last) = phases.last() {
+        assert!(
+            matches!(last, MigrationPhase::Failed | MigrationPhase::Running),
+            "{phases:?}"
+        );
+    }
+    c.counts_on("stays", &source).await;
+    until("the target is gone", Duration::from_secs(60), async || {
+        qemu_under(c.state(target)).is_empty().then_some(())
+    })
+    .await;
+    halt(&vms, &["stays"], c.state(&source)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_target_agent_mid_flight_fails_the_migration_and_spares_the_vm() {
+    let mut c = Cluster::up().await;
+    c.slow_migrations("1Mi").await;
+    let (vms, vmis) = (c.vms(), c.vmis());
+    let (source, _) = c
+        .start_vm("spared", serde_json::json!({"masquerade": {}}))
+        .await;
+    let target = other(&source);
+    c.migrate("spared");
+    c.copying("spared").await;
+    // The target node's agent dies (its launcher and QEMU are left on their own).
+    drop(c.agents[Cluster::index(target)].take());
+    let done = c.ended("spared").await;
+    let st = done.status.unwrap();
+    assert_eq!(
+        st.phase,
+        Some(MigrationPhase::Failed),
+        "{st:?}\n{}",
+        c.show()
+    );
+    let status = vmis.get("spared").await.unwrap().status.unwrap();
+    assert_eq!(status.node_name.as_deref(), Some(source.as_str()));
+    assert_eq!(
+        status.phase.map(|p| p.as_str().to_string()).as_deref(),
+        Some("Running")
+    );
+    let ms = status.migration_state.unwrap();
+    assert_eq!(ms.failed, Some(true), "{ms:?}");
+    c.counts_on("spared", &source).await;
+    // The half-filled target QEMU ends by itself.
+    until(
+        "the target QEMU ends",
+        Duration::from_secs(60),
+        async || qemu_under(c.state(target)).is_empty().then_some(()),
+    )
+    .await;
+    halt(&vms, &["spared"], c.state(&source)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_that_cannot_move_says_why_and_migrate_is_refused() {
+    let c = Cluster::up().await;
+    let (vms, vmis) = (c.vms(), c.vmis());
+    let iface = serde_json::json!({"passt": {}, "ports": [{"name": "http", "port": 80}]});
+    let (node, _) = c.start_vm("pinned", iface).await;
+    let cond = until(
+        "LiveMigratable=False",
+        Duration::from_secs(60),
+        async || {
+            let v = vmis.get_opt("pinned").await.ok()??;
+            v.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_.as_str() == "LiveMigratable" && c.status == "False")
+        },
+    )
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("InterfaceNotLiveMigratable"));
+    let message = cond.message.unwrap_or_default();
+    assert!(message.contains("masquerade"), "{message}");
+    let out = Command::new(KUVIRT)
+        .args(["migrate", "pinned", "--kubeconfig"])
+        .arg(&c.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("Cannot migrate VMI, Reason: InterfaceNotLiveMigratable"),
+        "{err}"
+    );
+    // Straight at the subresource: 409.
+    let client = c.client.clone();
+    let req = http::Request::put(
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/pinned/migrate",
+    )
+    .header("content-type", "application/json")
+    .body(b"{}".to_vec())
+    .unwrap();
+    match client.request::<serde_json::Value>(req).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("migrate was not refused: {other:?}"),
+    }
+    assert!(
+        c.migrations()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a migration was created"
+    );
+    halt(&vms, &["pinned"], c.state(&node)).await;
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kuvirt_api::VirtualMachineInstance;
-use kuvirt_api::v1::{MigrationConfiguration, VirtualMachineInstanceMigrationState};
+use kuvirt_api::v1::{
+    MigrationAbortStatus, MigrationConfiguration, VirtualMachineInstanceMigrationState,
+};
 use kuvirt_launcher::migration::{Incoming, MigrateOptions, MigrationPhase};
 use kuvirt_launcher::protocol::{Request, Response, call};
 use kuvirt_launcher::vm::VmState;
@@ -400,7 +402,7 @@ pub fn options(vmi: &VirtualMachineInstance, cfg: &MigrationConfiguration) -> Mi
         progress_timeout_secs: secs(cfg.progress_timeout),
         auto_converge: cfg.allow_auto_converge.unwrap_or(false),
         post_copy: cfg.allow_post_copy.unwrap_or(false),
-        max_downtime_ms: None,
+        max_downtime_ms: cfg.max_downtime_ms,
     }
 }
 
@@ -690,25 +692,41 @@ async fn follow(agent: Arc<Agent>, role: Role, uid: String, vmi: VirtualMachineI
     };
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(agent.client.clone(), &role.ns);
     let current = vmis.get_opt(&role.vmi_name).await.ok().flatten();
-    let still = current.as_ref().and_then(|v| {
-        let ms = v.status.as_ref()?.migration_state.as_ref()?;
-        (ms.is_for(&uid) && !ms.is_over()).then_some(ms)
-    });
-    let Some(ms) = still else {
+    let Some(ms) = current
+        .as_ref()
+        .and_then(|v| v.status.as_ref()?.migration_state.as_ref())
+        .filter(|ms| ms.is_for(&uid))
+    else {
         return;
     };
     let why = info
         .failure
         .clone()
         .unwrap_or_else(|| "the migration failed".into());
-    let mut state = json!({"failed": true, "completed": true,
-                           "endTimestamp": kuvirt_apimachinery::meta::now(),
-                           "failureReason": why});
-    if ms.abort_requested == Some(true) {
+    // The outcome, unless the controller wrote one already (a target that went away first:
+    // a cancel deletes it); an abort's result in any case (the guest runs on here).
+    let over = ms.is_over();
+    let mut state = if over {
+        json!({})
+    } else {
+        json!({"failed": true, "completed": true,
+               "endTimestamp": kuvirt_apimachinery::meta::now(),
+               "failureReason": why})
+    };
+    let settled = matches!(
+        ms.abort_status,
+        Some(MigrationAbortStatus::Succeeded | MigrationAbortStatus::Failed)
+    );
+    if ms.abort_requested == Some(true) && !settled {
         state["abortStatus"] = json!(if info.aborted { "Succeeded" } else { "Failed" });
     }
-    if let Err(e) = patch(&agent, &role, json!({"status": {"migrationState": state}})).await {
+    if state.as_object().is_some_and(|o| !o.is_empty())
+        && let Err(e) = patch(&agent, &role, json!({"status": {"migrationState": state}})).await
+    {
         tracing::warn!(vmi = %role.vmi_name, error = %e, "migration: reporting a failure");
+    }
+    if over {
+        return;
     }
     event(
         &agent,
