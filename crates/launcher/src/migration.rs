@@ -5,7 +5,9 @@
 //! (write-blocking, so they stay in step), then sends memory, watching the completion and
 //! progress timeouts; when all is sent it waits, paused, until the target is confirmed
 //! ([`Vm::confirm_migration`]) or has failed ([`Vm::cancel_migration`] resumes it here).
-//! The node agents carry both sockets between the nodes.
+//! The node agents carry both sockets between the nodes. The source leaves the outgoing
+//! migration's final state, QEMU's downtime included, in its log directory
+//! ([`MIGRATION_RECORD`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -151,6 +153,19 @@ impl Outgoing {
     }
 }
 
+/// The file in a source's log directory (the VM directory) holding its last outgoing
+/// migration's [`MigrationInfo`] once it ended (completed, confirmed, failed or cancelled).
+pub const MIGRATION_RECORD: &str = "migration.json";
+
+/// Writes `info` as the migration record of `dir` (replaced whole, so a reader never sees half
+/// of it).
+pub fn write_record(dir: &std::path::Path, info: &MigrationInfo) -> std::io::Result<()> {
+    let json = serde_json::to_vec(info).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!("{MIGRATION_RECORD}.tmp"));
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, dir.join(MIGRATION_RECORD))
+}
+
 /// How often the source looks at QEMU's progress.
 const TICK: Duration = Duration::from_millis(200);
 /// How long the mirror jobs may take to settle after the memory was sent.
@@ -238,6 +253,8 @@ impl Vm {
         if let Ok(mut g) = self.migration.info.lock() {
             *g = Some(MigrationInfo::starting());
         }
+        // An earlier migration's record (the VM came back to this directory) is no longer true.
+        let _ = std::fs::remove_file(self.log_dir.join(MIGRATION_RECORD));
         let vm = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -252,6 +269,7 @@ impl Vm {
                         i.memory_remaining = 0;
                         i.disks_remaining = 0;
                     });
+                    vm.record_migration();
                     vm.set_state(VmState::Handover);
                 }
                 Err((why, aborted)) => {
@@ -262,6 +280,7 @@ impl Vm {
                         i.aborted = aborted;
                         i.elapsed_ms = elapsed;
                     });
+                    vm.record_migration();
                     vm.migration.active.store(false, Ordering::SeqCst);
                 }
             }
@@ -285,6 +304,7 @@ impl Vm {
                 i.failure = Some("the target did not take over".into());
                 i.aborted = true;
             });
+            self.record_migration();
             self.migration.active.store(false, Ordering::SeqCst);
             return Ok(());
         }
@@ -303,6 +323,7 @@ impl Vm {
         }
         self.migration
             .update(|i| i.phase = MigrationPhase::Confirmed);
+        self.record_migration();
         self.kill_because(ExitReason::Migrated).await;
         Ok(())
     }
@@ -445,6 +466,16 @@ impl Vm {
                 qmp.execute("migrate_cancel", None).await.map_err(fail)?;
                 // QEMU answers with "cancelled" on the next look.
             }
+        }
+    }
+
+    /// Leaves the outgoing migration's state in the log directory ([`MIGRATION_RECORD`]).
+    fn record_migration(&self) {
+        let Some(info) = self.migration.get() else {
+            return;
+        };
+        if let Err(e) = write_record(&self.log_dir, &info) {
+            tracing::warn!(error = %e, dir = %self.log_dir.display(), "writing the migration record");
         }
     }
 
@@ -697,5 +728,20 @@ mod tests {
         assert_eq!(v["mode"], "PreCopy");
         assert_eq!(v["downtimeMs"], 12);
         assert_eq!(serde_json::from_value::<MigrationInfo>(v).unwrap(), i);
+    }
+
+    #[test]
+    fn the_record_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut i = MigrationInfo::starting();
+        i.phase = MigrationPhase::Confirmed;
+        i.downtime_ms = Some(40);
+        write_record(dir.path(), &MigrationInfo::starting()).unwrap();
+        write_record(dir.path(), &i).unwrap();
+        let read: MigrationInfo =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MIGRATION_RECORD)).unwrap())
+                .unwrap();
+        assert_eq!(read, i);
+        assert!(!dir.path().join("migration.json.tmp").exists());
     }
 }

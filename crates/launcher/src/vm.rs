@@ -130,6 +130,8 @@ pub struct Vm {
     pid: Option<u32>,
     /// A directory QEMU may write to (its sockets' directory), for screendumps.
     pub(crate) scratch: PathBuf,
+    /// The launcher's own directory for this VM (logs; the migration record).
+    pub(crate) log_dir: PathBuf,
     screendumps: AtomicU64,
     /// The QEMU node names of the disks the guest writes (copied during a migration).
     pub(crate) writable_nodes: Vec<String>,
@@ -222,6 +224,7 @@ impl Vm {
             kill_tx,
             pid,
             scratch,
+            log_dir: opts.log_dir.clone(),
             screendumps: AtomicU64::new(0),
             writable_nodes: m
                 .disks
