@@ -2,6 +2,8 @@
 //! measured here, against bare QEMU in the same run where there is a baseline; one command
 //! writes JSON and Markdown and can refresh SPEC.md's measured section.
 
+mod bare_migration;
+mod cluster;
 mod machine;
 mod mem;
 mod plane;
@@ -54,6 +56,11 @@ const SCENARIOS: &[(&str, &str, bool)] = &[
         "N VirtualMachines posted at once until all VMIs are Running, against N bare QEMUs started at once until all run.",
         true,
     ),
+    (
+        "migration",
+        "An idle 256 MiB guest (the demo containerDisk, masquerade) moved back and forth between two `kuvirt agent` nodes in their own network namespaces (VirtualMachineInstanceMigration created → its watch shows Succeeded), alternating with bare QEMU→QEMU migrations of the same disk and memory done as kuvirt's launchers do them (target start, NBD mirror of the overlay, memory; until the guest runs on the target), one warm-up each; downtime is QEMU's own.",
+        true,
+    ),
 ];
 
 #[derive(Parser)]
@@ -66,7 +73,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): idle, api, control-plane, start-latency,
-    /// overhead, burst.
+    /// overhead, burst, migration.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where results.json and results.md go.
@@ -179,6 +186,7 @@ async fn main() -> Result<()> {
             "start-latency" => scenarios::start_latency::run(&ctx, &mut sc).await,
             "overhead" => scenarios::overhead::run(&ctx, &mut sc).await,
             "burst" => scenarios::burst::run(&ctx, &mut sc).await,
+            "migration" => scenarios::migration::run(&ctx, &mut sc).await,
             other => Err(anyhow::anyhow!("no scenario {other}")),
         };
         sc.seconds = t.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@ pub mod api;
 pub mod burst;
 pub mod control_plane;
 pub mod idle;
+pub mod migration;
 pub mod overhead;
 pub mod start_latency;
 
