@@ -230,6 +230,57 @@ pub async fn admit_create(
     decide_create(namespace, &vmi_name, vmi.as_ref(), &migrations).map_err(|d| denied(rt, name, d))
 }
 
+/// The webhook KubeVirt refuses migration updates with.
+const UPDATE_VALIDATOR: &str = "migration-update-validator.kubevirt.io";
+
+/// KubeVirt's update admitter: a migration's spec never changes, and a migration under way keeps
+/// its `kubevirt.io/vmi-name` label (what finds a VMI's migrations). `None` admits.
+fn decide_update(old: &Value, new: &Value) -> Option<&'static str> {
+    if old.get("spec") != new.get("spec") {
+        return Some("update of Migration object's spec is restricted");
+    }
+    let phase = new.pointer("/status/phase").and_then(Value::as_str);
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let label = |v: &Value| {
+        v.pointer("/metadata/labels")
+            .and_then(|l| l.get(MIGRATION_VMI_LABEL))
+            .cloned()
+    };
+    match (label(old), label(new)) {
+        (Some(_), None) => Some("selector label can't be removed from an in-flight migration"),
+        (Some(a), Some(b)) if a != b => {
+            Some("selector label can't be modified on an in-flight migration")
+        }
+        _ => None,
+    }
+}
+
+/// Run by `objects::update` for a VirtualMachineInstanceMigration (not its status): KubeVirt's
+/// update webhook, whose refusal is a 422 Invalid.
+pub fn admit_update(
+    rt: &ResourceType,
+    name: &str,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let Some(why) = decide_update(old, new) else {
+        return Ok(());
+    };
+    Err(ApiError {
+        details: Some(Box::new(json!({
+            "name": name, "group": rt.group, "kind": rt.plural,
+            "causes": [{"reason": "FieldValueNotSupported", "message": why}],
+        }))),
+        ..ApiError::new(
+            422,
+            "Invalid",
+            format!("admission webhook \"{UPDATE_VALIDATOR}\" denied the request: {why}"),
+        )
+    })
+}
+
 fn denied(rt: &ResourceType, name: &str, d: Denial) -> ApiError {
     let (code, reason, why) = match d {
         Denial::Invalid(why) => (422, "Invalid", why),
@@ -372,6 +423,40 @@ mod tests {
         assert_eq!(
             d.message,
             "admission webhook \"migration-create-validator.kubevirt.io\" denied the request: busy"
+        );
+    }
+
+    #[test]
+    fn a_migrations_spec_and_in_flight_label_do_not_change() {
+        let old = json!({"metadata": {"labels": {MIGRATION_VMI_LABEL: "vm", "a": "1"}},
+                         "spec": {"vmiName": "vm"}, "status": {"phase": "Running"}});
+        let mut relabelled = old.clone();
+        relabelled["metadata"]["labels"]["a"] = json!("2");
+        assert_eq!(
+            decide_update(&old, &relabelled),
+            None,
+            "other labels may change"
+        );
+        let mut moved = old.clone();
+        moved["spec"]["vmiName"] = json!("other");
+        assert_eq!(
+            decide_update(&old, &moved),
+            Some("update of Migration object's spec is restricted")
+        );
+        let mut unlabelled = old.clone();
+        unlabelled["metadata"]["labels"] = json!({});
+        assert_eq!(
+            decide_update(&old, &unlabelled),
+            Some("selector label can't be removed from an in-flight migration")
+        );
+        let mut renamed = old.clone();
+        renamed["metadata"]["labels"][MIGRATION_VMI_LABEL] = json!("x");
+        assert!(decide_update(&old, &renamed).is_some());
+        renamed["status"]["phase"] = json!("Succeeded");
+        assert_eq!(
+            decide_update(&old, &renamed),
+            None,
+            "a finished one may be relabelled"
         );
     }
 

@@ -528,6 +528,12 @@ async fn update_once(
     }
     // Status writes are admitted too: a malformed status must not make the object unwritable.
     admit(rt, name, &mut new, opts)?;
+    if part == Part::Main
+        && rt.group == "kubevirt.io"
+        && rt.kind == "VirtualMachineInstanceMigration"
+    {
+        crate::migrate::admit_update(rt, name, &old, &new)?;
+    }
     // After defaulting, so a re-sent unchanged spec does not look like a change.
     let generation = old
         .pointer("/metadata/generation")

@@ -501,6 +501,40 @@ fn creating_a_migration_runs_kubevirts_admission() {
         )),
         "{body}"
     );
+    // kubectl patch: the spec is KubeVirt's to keep, and so is the selector label in flight.
+    let err = s.fails(&[
+        "patch",
+        "vmim",
+        "m-vm1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"vmiName":"other"}}"#,
+    ]);
+    assert!(
+        err.contains("\"m-vm1\" is invalid: : update of Migration object's spec is restricted"),
+        "{err}"
+    );
+    let err = s.fails(&["label", "vmim", "m-vm1", "kubevirt.io/vmi-name-"]);
+    assert!(
+        err.contains("selector label can't be removed from an in-flight migration"),
+        "{err}"
+    );
+    s.ok(&["label", "vmim", "m-vm1", "team=a"]);
+    let mut moved = s.get(&format!("{VMIMS}/m-vm1"));
+    moved["spec"]["vmiName"] = json!("other");
+    let (code, body) = s.call(
+        Role::Admin,
+        "PUT",
+        &format!("{VMIMS}/m-vm1"),
+        Some(&moved.to_string()),
+    );
+    assert_eq!(code, 422, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["message"],
+        "admission webhook \"migration-update-validator.kubevirt.io\" denied the request: update of Migration object's spec is restricted"
+    );
     // A missing vmiName is still the schema's 422.
     let (code, body) = s.call(
         Role::Admin,
