@@ -402,7 +402,9 @@ pub fn options(vmi: &VirtualMachineInstance, cfg: &MigrationConfiguration) -> Mi
         progress_timeout_secs: secs(cfg.progress_timeout),
         auto_converge: cfg.allow_auto_converge.unwrap_or(false),
         post_copy: cfg.allow_post_copy.unwrap_or(false),
-        max_downtime_ms: cfg.max_downtime_ms,
+        // KubeVirt applies maxDowntimeMs only with its downtime-tuning feature gate (which
+        // kuvirt does not have); otherwise QEMU's own limit (300 ms) stays.
+        max_downtime_ms: None,
     }
 }
 

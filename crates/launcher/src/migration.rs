@@ -344,6 +344,8 @@ impl Vm {
             opts.bandwidth
         };
         let mut watch = Progress::new(opts, started);
+        // Woken by QEMU's events (a mirror ready, a migration state change), not only the tick.
+        let mut events = qmp.events();
         // Local disks first: the mirror must be in step before memory moves.
         let mirrors = match (&to.block_socket, self.writable_nodes.is_empty()) {
             (Some(_), false) => self.writable_nodes.clone(),
@@ -386,7 +388,11 @@ impl Vm {
                     break;
                 }
                 watch.check(total.saturating_sub(done))?;
-                self.wait_tick().await?;
+                self.wait_for(
+                    &mut events,
+                    &["BLOCK_JOB_READY", "BLOCK_JOB_ERROR", "BLOCK_JOB_COMPLETED"],
+                )
+                .await?;
             }
         }
         let mut caps = vec![
@@ -462,7 +468,9 @@ impl Vm {
                     Ok(()) => {}
                 }
             }
-            if self.wait_tick().await.is_err() && status != "postcopy-active" {
+            if self.wait_for(&mut events, &["MIGRATION"]).await.is_err()
+                && status != "postcopy-active"
+            {
                 qmp.execute("migrate_cancel", None).await.map_err(fail)?;
                 // QEMU answers with "cancelled" on the next look.
             }
@@ -479,17 +487,24 @@ impl Vm {
         }
     }
 
-    /// Waits one tick; `Err` when a cancel was asked meanwhile.
-    async fn wait_tick(&self) -> Result<(), (String, bool)> {
+    /// Waits one tick or until QEMU sends one of the events `names`; `Err` when a cancel was
+    /// asked meanwhile.
+    async fn wait_for(
+        &self,
+        events: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+        names: &[&str],
+    ) -> Result<(), (String, bool)> {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => Ok(()),
             _ = self.migration.cancel.notified() => Err(("Live migration has been aborted".into(), true)),
+            () = next_event(events, names) => Ok(()),
         }
     }
 
     /// Ends the mirrors after the memory was sent: a ready mirror that is cancelled completes
     /// (the target has every write), then goes.
     async fn settle_mirrors(&self, mirrors: &[String]) {
+        let mut events = self.qmp.events();
         for node in mirrors {
             let _ = self
                 .qmp
@@ -507,7 +522,11 @@ impl Vm {
             if jobs.as_array().is_none_or(|a| a.is_empty()) {
                 break;
             }
-            tokio::time::sleep(TICK).await;
+            let _ = tokio::time::timeout(
+                TICK,
+                next_event(&mut events, &["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"]),
+            )
+            .await;
         }
     }
 
@@ -594,6 +613,22 @@ async fn announce(qmp: &Qmp) {
     let params = serde_json::json!({"initial": 50, "max": 550, "rounds": 5, "step": 100});
     if let Err(e) = qmp.execute("announce-self", Some(params)).await {
         tracing::warn!(error = %e, "migration target: announcing the guest's MACs");
+    }
+}
+
+/// Resolves on the next QMP event named one of `names` (never, once the channel closed).
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+    names: &[&str],
+) {
+    loop {
+        match events.recv().await {
+            Ok(ev) if names.contains(&ev.event.as_str()) => return,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
