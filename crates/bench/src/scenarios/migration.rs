@@ -392,7 +392,7 @@ pub async fn run(ctx: &Ctx, sc: &mut Scenario) -> Result<()> {
         "×",
     );
     sc.note(format!(
-        "kuvirt: nodes {} and {}, each a `kuvirt agent` in its own network namespace on a shared bridge, under `kuvirt server --no-node-agent`; the VM's containerDisk is `{image}`; downtime is QEMU's, from the source launcher's {MIGRATION_RECORD}; the source launcher's part runs from its Migrate request until it waits in Handover (overlay mirror, memory, mirror settled), polling QEMU every 200 ms.",
+        "kuvirt: nodes {} and {}, each a `kuvirt agent` in its own network namespace on a shared bridge, under `kuvirt server --no-node-agent`; the VM's containerDisk is `{image}`; downtime is QEMU's, from the source launcher's {MIGRATION_RECORD}; the source launcher's part runs from its Migrate request until it waits in Handover (overlay mirror, memory, mirror settled), woken by QEMU's events (and a 200 ms tick).",
         NODES[0], NODES[1]
     ));
     sc.note(format!(
