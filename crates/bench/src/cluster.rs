@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 
-use crate::plane::{POD_NETWORK, Paths, Proc, client_for, free_port, kill_under, until};
+use crate::plane::{
+    POD_NETWORK, Paths, Proc, client_for, free_port, kill_under, until, wait_nodes_ready,
+};
 
 /// The link between the nodes: a bridge on this host holding [`LAN_HOST_IP`].
 const LAN_BRIDGE: &str = "kvbml0";
@@ -231,30 +231,7 @@ impl Cluster {
             states,
             client,
         };
-        let api: Api<Node> = Api::all(cluster.client.clone());
-        until(
-            "both nodes Ready",
-            Duration::from_secs(120),
-            Duration::from_millis(100),
-            async || {
-                let list = api.list(&Default::default()).await.ok()?;
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|n| n.spec.as_ref().is_some_and(|s| s.pod_cidr.is_some()))
-                    .filter(|n| {
-                        n.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
-                    })
-                    .count();
-                (ready >= NODES.len()).then_some(())
-            },
-        )
-        .await?;
+        wait_nodes_ready(&cluster.client, NODES.len()).await?;
         Ok(cluster)
     }
 

@@ -170,31 +170,7 @@ impl Server {
 
     /// Waits until `n` Nodes are Ready and have a pod CIDR.
     pub async fn wait_nodes_ready(&self, n: usize) -> Result<()> {
-        use k8s_openapi::api::core::v1::Node;
-        let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
-        until(
-            "nodes Ready",
-            Duration::from_secs(120),
-            Duration::from_millis(100),
-            async || {
-                let list = nodes.list(&Default::default()).await.ok()?;
-                let ready = list
-                    .items
-                    .iter()
-                    .filter(|n| n.spec.as_ref().is_some_and(|s| s.pod_cidr.is_some()))
-                    .filter(|n| {
-                        n.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| {
-                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                            })
-                    })
-                    .count();
-                (ready >= n).then_some(())
-            },
-        )
-        .await
+        wait_nodes_ready(&self.client, n).await
     }
 
     /// Stops the server, then kills whatever is left under its state directory (VMs outlive
@@ -386,4 +362,31 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Waits until `n` Nodes are Ready and have a pod CIDR.
+pub async fn wait_nodes_ready(client: &kube::Client, n: usize) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    until(
+        "nodes Ready",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        async || {
+            let list = nodes.list(&Default::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|n| n.spec.as_ref().is_some_and(|s| s.pod_cidr.is_some()))
+                .filter(|n| {
+                    n.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            (ready >= n).then_some(())
+        },
+    )
+    .await
 }
