@@ -23,7 +23,7 @@ use serde_json::json;
 
 use crate::nodevmis::NodeVmis;
 use crate::sandbox::SandboxConfig;
-use crate::sandbox::ipam::Cidr;
+use crate::sandbox::ipam::{self, Cidr};
 use crate::sandbox::net::{self, PodRoute};
 
 /// The Node annotation listing the addresses of other nodes' pod CIDRs whose guests run on this
@@ -170,7 +170,7 @@ pub async fn run(client: kube::Client, cfg: RoutesConfig, vmis: NodeVmis) {
         .default_backoff()
         .boxed();
     let mut installed = read_installed(&cfg);
-    let mut masqueraded: Option<BTreeSet<Ipv4Addr>> = None;
+    let mut last_hosted: Option<BTreeSet<Ipv4Addr>> = None;
     let mut last_full: Option<Instant> = None;
     let mut refused: BTreeSet<PodRoute> = BTreeSet::new();
     let mut ready = false;
@@ -209,13 +209,18 @@ pub async fn run(client: kube::Client, cfg: RoutesConfig, vmis: NodeVmis) {
             installed = want;
             write_installed(&cfg, &installed);
         }
-        if masqueraded.as_ref() != Some(&hosted) {
-            let (c, list) = (
-                cfg.sandbox.clone(),
-                hosted.iter().copied().collect::<Vec<_>>(),
-            );
-            match tokio::task::spawn_blocking(move || net::set_hosted(&c, &list)).await {
-                Ok(Ok(())) => masqueraded = Some(hosted.clone()),
+        // Masqueraded: the guests that moved here, and the sandboxes of targets still waiting
+        // for theirs (`pods.rs` adds each when it makes it; a set rewritten here keeps them).
+        // Looked at when what is hosted changes, and on each re-assert.
+        if full || last_hosted.as_ref() != Some(&hosted) {
+            let (c, mut masq) = (cfg.clone(), hosted.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                masq.extend(ipam::addresses_outside(&c.sandbox.state_dir, c.cidr)?);
+                net::set_hosted(&c.sandbox, &masq.into_iter().collect::<Vec<_>>())
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => last_hosted = Some(hosted.clone()),
                 Ok(Err(e)) => tracing::warn!(error = %e, "masquerading hosted pod addresses"),
                 Err(_) => {}
             }

@@ -86,6 +86,12 @@ impl Cidr {
     pub fn safe_name(&self) -> String {
         format!("{}-{}", self.network, self.prefix)
     }
+
+    /// The network a [`Cidr::safe_name`] names.
+    pub fn from_safe_name(name: &str) -> Option<Cidr> {
+        let (addr, prefix) = name.rsplit_once('-')?;
+        Cidr::new(addr.parse().ok()?, prefix.parse().ok()?).ok()
+    }
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -319,85 +325,86 @@ fn owners_in(dir: &Path) -> Result<Vec<(Ipv4Addr, String)>, SandboxError> {
     Ok(out)
 }
 
-/// Every pod UID holding an address in any pod CIDR under `state_dir`.
-pub fn all_owners(state_dir: &Path) -> Result<Vec<String>, SandboxError> {
+/// One address held in some pod CIDR's directory under the state directory.
+struct Held {
+    /// The CIDR's directory.
+    dir: PathBuf,
+    /// The CIDR, from the directory's name.
+    cidr: Option<Cidr>,
+    ip: Ipv4Addr,
+    uid: String,
+}
+
+/// Every address held in any pod CIDR under `state_dir` (a migration target holds its VM's
+/// address in the CIDR of the node it came from).
+fn held_everywhere(state_dir: &Path) -> Result<Vec<Held>, SandboxError> {
     let root = ipam_root(state_dir);
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(SandboxError::io(&root, e)),
     };
-    let mut uids = vec![];
-    for dir in entries.flatten() {
-        uids.extend(owners_in(&dir.path())?.into_iter().map(|(_, uid)| uid));
+    let mut out = vec![];
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let cidr = entry.file_name().to_str().and_then(Cidr::from_safe_name);
+        for (ip, uid) in owners_in(&dir)? {
+            out.push(Held {
+                dir: dir.clone(),
+                cidr,
+                ip,
+                uid,
+            });
+        }
     }
+    Ok(out)
+}
+
+/// Every pod UID holding an address in any pod CIDR under `state_dir`.
+pub fn all_owners(state_dir: &Path) -> Result<Vec<String>, SandboxError> {
+    let mut uids: Vec<String> = held_everywhere(state_dir)?
+        .into_iter()
+        .map(|h| h.uid)
+        .collect();
     uids.sort();
     uids.dedup();
     Ok(uids)
 }
 
-/// The address `uid` holds in any pod CIDR under `state_dir`, with that CIDR (a migration
-/// target holds its VM's address in the CIDR of the node it came from).
+/// The address `uid` holds in any pod CIDR under `state_dir`, with that CIDR.
 pub fn lookup_everywhere(
     state_dir: &Path,
     uid: &str,
 ) -> Result<Option<(Cidr, Ipv4Addr)>, SandboxError> {
-    let root = ipam_root(state_dir);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(None);
-    };
-    for dir in entries.flatten() {
-        let Some(cidr) = dir
-            .file_name()
-            .to_str()
-            .and_then(|n| n.rsplit_once('-'))
-            .and_then(|(a, p)| Cidr::new(a.parse().ok()?, p.parse().ok()?).ok())
-        else {
-            continue;
-        };
-        if let Some((ip, _)) = owners_in(&dir.path())?.into_iter().find(|(_, o)| o == uid) {
-            return Ok(Some((cidr, ip)));
-        }
-    }
-    Ok(None)
+    Ok(held_everywhere(state_dir)?
+        .into_iter()
+        .find(|h| h.uid == uid)
+        .and_then(|h| Some((h.cidr?, h.ip))))
 }
 
 /// The addresses held under `state_dir` outside `own` (migration targets' of other nodes'
 /// pod CIDRs).
 pub fn addresses_outside(state_dir: &Path, own: Cidr) -> Result<Vec<Ipv4Addr>, SandboxError> {
-    let root = ipam_root(state_dir);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for dir in entries.flatten() {
-        out.extend(
-            owners_in(&dir.path())?
-                .into_iter()
-                .map(|(ip, _)| ip)
-                .filter(|ip| !own.contains(*ip)),
-        );
-    }
+    let mut out: Vec<Ipv4Addr> = held_everywhere(state_dir)?
+        .into_iter()
+        .map(|h| h.ip)
+        .filter(|ip| !own.contains(*ip))
+        .collect();
     out.sort();
     Ok(out)
 }
 
 /// Frees whatever address `uid` holds in any pod CIDR under `state_dir`.
 pub fn release_everywhere(state_dir: &Path, uid: &str) -> Result<(), SandboxError> {
-    let root = ipam_root(state_dir);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(());
-    };
-    for dir in entries.flatten() {
-        for (ip, owner) in owners_in(&dir.path())? {
-            if owner == uid {
-                let path = dir.path().join(ip.to_string());
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(SandboxError::io(&path, e)),
-                }
-            }
+    for h in held_everywhere(state_dir)?
+        .into_iter()
+        .filter(|h| h.uid == uid)
+    {
+        let path = h.dir.join(h.ip.to_string());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SandboxError::io(&path, e)),
         }
     }
     Ok(())
@@ -415,6 +422,8 @@ mod tests {
         assert_eq!(c.to_string(), "10.244.3.0/24");
         assert_eq!(c.gateway(), Some(Ipv4Addr::new(10, 244, 3, 1)));
         assert_eq!(c.safe_name(), "10.244.3.0-24");
+        assert_eq!(Cidr::from_safe_name(&c.safe_name()), Some(c));
+        assert_eq!(Cidr::from_safe_name("last_reserved_ip.0"), None);
         assert!(c.contains(Ipv4Addr::new(10, 244, 3, 255)));
         assert!(!c.contains(Ipv4Addr::new(10, 244, 4, 0)));
         let big: Cidr = "10.244.0.0/16".parse().unwrap();
@@ -545,5 +554,34 @@ mod tests {
             ipam.allocate("b"),
             Err(SandboxError::Exhausted(_))
         ));
+    }
+
+    #[test]
+    fn a_moved_address_is_found_and_freed_in_its_home_cidr() {
+        let dir = tempfile::tempdir().unwrap();
+        let own: Cidr = "10.244.1.0/24".parse().unwrap();
+        let home: Cidr = "10.244.0.0/24".parse().unwrap();
+        let local = Ipam::new(dir.path(), own).allocate("pod").unwrap();
+        let moved = Ipv4Addr::new(10, 244, 0, 9);
+        let want = IpRequest {
+            address: Some(moved),
+            ..IpRequest::default()
+        };
+        Ipam::new(dir.path(), home)
+            .allocate_as("target", &want)
+            .unwrap();
+        assert_eq!(
+            lookup_everywhere(dir.path(), "target").unwrap(),
+            Some((home, moved))
+        );
+        assert_eq!(
+            lookup_everywhere(dir.path(), "pod").unwrap(),
+            Some((own, local))
+        );
+        assert_eq!(addresses_outside(dir.path(), own).unwrap(), vec![moved]);
+        assert_eq!(all_owners(dir.path()).unwrap(), vec!["pod", "target"]);
+        release_everywhere(dir.path(), "target").unwrap();
+        assert_eq!(lookup_everywhere(dir.path(), "target").unwrap(), None);
+        assert!(addresses_outside(dir.path(), own).unwrap().is_empty());
     }
 }
