@@ -242,11 +242,8 @@ fn write_cache(path: &Path, key: &str, choice: &AccelChoice) {
         key: key.to_string(),
         choice: choice.clone(),
     };
-    if let Ok(bytes) = serde_json::to_vec(&cached) {
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+    if let (Ok(bytes), Some(dir)) = (serde_json::to_vec(&cached), path.parent()) {
+        let _ = kuvirt_images::oci::write_atomic(path, &bytes, dir);
     }
 }
 

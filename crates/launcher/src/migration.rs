@@ -161,9 +161,7 @@ pub const MIGRATION_RECORD: &str = "migration.json";
 /// of it).
 pub fn write_record(dir: &std::path::Path, info: &MigrationInfo) -> std::io::Result<()> {
     let json = serde_json::to_vec(info).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!("{MIGRATION_RECORD}.tmp"));
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, dir.join(MIGRATION_RECORD))
+    kuvirt_images::oci::write_atomic(&dir.join(MIGRATION_RECORD), &json, dir)
 }
 
 /// How often the source looks at QEMU's progress.
@@ -777,6 +775,10 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join(MIGRATION_RECORD)).unwrap())
                 .unwrap();
         assert_eq!(read, i);
-        assert!(!dir.path().join("migration.json.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
     }
 }

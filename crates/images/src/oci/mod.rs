@@ -19,6 +19,7 @@ pub use containerdisk::{
     image_file_path, push,
 };
 pub use error::{ErrorKind, ImageError};
+pub use fsutil::write_atomic;
 pub use reference::ImageRef;
 pub use registry::ProgressMode;
 pub use store::{ImageStore, PullOptions, PullPolicy, PulledImage};
