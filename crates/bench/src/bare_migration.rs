@@ -48,48 +48,13 @@ impl Side {
 /// with the migration scenario's memory and the disk as `-blockdev` nodes, as kuvirt has it).
 pub fn argv(overlay: &Path, dir: &Path, accel: &str) -> Vec<String> {
     let file = json!({"driver": "file", "filename": overlay.display().to_string(),
-                      "node-name": "file-d0", "discard": "unmap"});
-    let fmt = json!({"driver": "qcow2", "file": "file-d0", "node-name": NODE, "discard": "unmap"});
-    [
-        "-name",
-        "guest=bare,debug-threads=on",
-        "-nodefaults",
-        "-no-user-config",
-        "-machine",
-        "q35,smm=off",
-        "-accel",
-        accel,
-        "-cpu",
-        "max",
-        "-smp",
-        "1",
-        "-m",
-        &format!("{MEMORY_MIB}M"),
-        "-blockdev",
-        &file.to_string(),
-        "-blockdev",
-        &fmt.to_string(),
-        "-device",
-        &format!("virtio-blk-pci,drive={NODE},id=disk0"),
-        "-netdev",
-        "user,id=net0",
-        "-device",
-        "virtio-net-pci,netdev=net0,id=net0dev",
-        "-chardev",
-        &format!(
-            "socket,id=mon,path={},server=on,wait=off",
-            dir.join("qmp.sock").display()
-        ),
-        "-mon",
-        "chardev=mon,mode=control",
-        "-serial",
-        &format!("file:{}", dir.join("serial.log").display()),
-        "-display",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+                      "node-name": "file-d0", "discard": "unmap"})
+    .to_string();
+    let fmt = json!({"driver": "qcow2", "file": "file-d0", "node-name": NODE, "discard": "unmap"})
+        .to_string();
+    let device = format!("virtio-blk-pci,drive={NODE},id=disk0");
+    let disk_args = ["-blockdev", &file, "-blockdev", &fmt, "-device", &device];
+    crate::qemu::machine_argv(dir, accel, MEMORY_MIB, &disk_args)
 }
 
 /// A fresh dir with an empty overlay on `base`, then QEMU on it: running, or (`incoming`)

@@ -26,9 +26,25 @@ impl Drop for Bare {
 
 /// The argv of a bare QEMU booting `disk` (copy-on-write: the disk is never written).
 pub fn argv(disk: &Path, dir: &Path, accel: &str) -> Vec<String> {
-    let qmp = dir.join("qmp.sock");
-    let serial = dir.join("serial.log");
-    [
+    let drive = format!(
+        "file={},if=none,id=disk0,format=qcow2,snapshot=on",
+        disk.display()
+    );
+    let disk_args = ["-drive", &drive, "-device", "virtio-blk-pci,drive=disk0"];
+    machine_argv(dir, accel, MEMORY_MIB, &disk_args)
+}
+
+/// The machine of every bare QEMU in the harness, around the disk's arguments `disk_args`:
+/// q35, 1 vCPU, `memory_mib`, a virtio NIC on user networking, QMP and the serial console in
+/// `dir`.
+pub fn machine_argv(dir: &Path, accel: &str, memory_mib: u32, disk_args: &[&str]) -> Vec<String> {
+    let qmp = format!(
+        "socket,id=mon,path={},server=on,wait=off",
+        dir.join("qmp.sock").display()
+    );
+    let serial = format!("file:{}", dir.join("serial.log").display());
+    let memory = format!("{memory_mib}M");
+    let head = [
         "-name",
         "guest=bare,debug-threads=on",
         "-nodefaults",
@@ -42,30 +58,27 @@ pub fn argv(disk: &Path, dir: &Path, accel: &str) -> Vec<String> {
         "-smp",
         "1",
         "-m",
-        &format!("{MEMORY_MIB}M"),
-        "-drive",
-        &format!(
-            "file={},if=none,id=disk0,format=qcow2,snapshot=on",
-            disk.display()
-        ),
-        "-device",
-        "virtio-blk-pci,drive=disk0",
+        &memory,
+    ];
+    let tail = [
         "-netdev",
         "user,id=net0",
         "-device",
         "virtio-net-pci,netdev=net0",
         "-chardev",
-        &format!("socket,id=mon,path={},server=on,wait=off", qmp.display()),
+        &qmp,
         "-mon",
         "chardev=mon,mode=control",
         "-serial",
-        &format!("file:{}", serial.display()),
+        &serial,
         "-display",
         "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    head.iter()
+        .chain(disk_args)
+        .chain(tail.iter())
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Starts QEMU and returns once its vCPUs run, with the time that took.
