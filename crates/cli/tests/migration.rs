@@ -385,6 +385,17 @@ impl Prober {
     }
 }
 
+/// Waits until every prober had `n` answers since `since`.
+async fn answered(probers: &[Prober], since: Instant, n: usize, what: &str) {
+    until(what, Duration::from_secs(60), async || {
+        probers
+            .iter()
+            .all(|p| p.answered_since(since) >= n)
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridged_vm_keeps_its_ip_and_answers_throughout_the_move() {
     let c = Cluster::up().await;
@@ -424,18 +435,7 @@ async fn a_bridged_vm_keeps_its_ip_and_answers_throughout_the_move() {
         Prober::start(c.netns(&source), addr, want.clone()),
         Prober::start(c.netns(target), addr, want.clone()),
     ];
-    let begin = Instant::now();
-    until(
-        "both clients reach the guest",
-        Duration::from_secs(60),
-        async || {
-            probers
-                .iter()
-                .all(|p| p.answered_since(begin) >= 3)
-                .then_some(())
-        },
-    )
-    .await;
+    answered(&probers, Instant::now(), 3, "both clients reach the guest").await;
 
     c.migrate("bridged");
     let done = c.ended("bridged").await;
@@ -455,16 +455,11 @@ async fn a_bridged_vm_keeps_its_ip_and_answers_throughout_the_move() {
         "the VMI reports another address"
     );
     // Both clients keep being answered by the guest, now on the target.
-    let after = Instant::now();
-    until(
+    answered(
+        &probers,
+        Instant::now(),
+        20,
         "both clients reach the moved guest",
-        Duration::from_secs(60),
-        async || {
-            probers
-                .iter()
-                .all(|p| p.answered_since(after) >= 20)
-                .then_some(())
-        },
     )
     .await;
     let end = Instant::now();
